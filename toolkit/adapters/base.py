@@ -1,0 +1,90 @@
+"""The adapter contract: what a model family declares so that every method can explain it."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..core.capture import Recorder
+from ..core.spec import ModelSpec
+from ..errors import InputError
+
+
+@dataclass
+class Batch:
+    """Model inputs for a batch, plus what is needed to show the result to a person.
+
+    ``token_mask`` marks real (non-padding) positions; ``content_mask`` the positions an
+    explanation is about (image patches, text tokens other than padding).
+    """
+
+    model_inputs: dict[str, torch.Tensor]
+    token_mask: torch.Tensor
+    content_mask: torch.Tensor
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.token_mask.shape[0]
+
+
+class ModelAdapter(ABC):
+    """One model family: where its attention lives, its token layout, and its prediction target."""
+
+    family: ClassVar[str]
+    modality: ClassVar[str]
+    examples: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, processor: Any = None):
+        self.model = model
+        self.processor = processor
+        self._spec: ModelSpec | None = None
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether this adapter knows ``model``'s architecture."""
+
+    @abstractmethod
+    def build_spec(self) -> ModelSpec:
+        """The layers and head of the model, as references to its own modules."""
+
+    @abstractmethod
+    def prepare(self, inputs: Any, **kwargs) -> Batch:
+        """Turn raw or preprocessed inputs into a :class:`Batch`."""
+
+    @abstractmethod
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Run the model and return class logits (B, C)."""
+
+    @abstractmethod
+    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Map LRP relevance at the first layer's input back to the model's input units."""
+
+    def input_modules(self) -> list[nn.Module]:
+        """Modules whose calls :meth:`input_relevance` reads."""
+        return []
+
+    @property
+    def spec(self) -> ModelSpec:
+        if self._spec is None:
+            self._spec = self.build_spec()
+        return self._spec
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def labels(self) -> dict[int, str]:
+        id2label = getattr(getattr(self.model, "config", None), "id2label", None) or {}
+        return {int(k): str(v) for k, v in id2label.items()}
+
+    def label_index(self, name: str) -> int:
+        """Class index of a label name, case-insensitively."""
+        lookup = {v.lower(): k for k, v in self.labels.items()}
+        if name.lower() not in lookup:
+            raise InputError(f"Unknown label {name!r}; this model's labels are {sorted(self.labels.values())}.")
+        return lookup[name.lower()]

@@ -1,0 +1,213 @@
+"""Hugging Face sequence classifiers: BERT, RoBERTa, ELECTRA, DistilBERT and ALBERT families."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..core.capture import Recorder
+from ..core.spec import LayerSpec, ModelSpec
+from ..errors import InputError, UnsupportedModelError
+from ..text import group_words
+from .base import Batch, ModelAdapter
+
+
+def _second(output: Any) -> torch.Tensor | None:
+    return output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+
+
+class HFSequenceClassifierAdapter(ModelAdapter):
+    """Shared by every AutoModelForSequenceClassification family: tokenising, padding and read-out."""
+
+    modality = "text"
+    model_types: tuple[str, ...] = ()
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        config = getattr(model, "config", None)
+        return (getattr(config, "model_type", None) in cls.model_types
+                and type(model).__name__.endswith("ForSequenceClassification"))
+
+    @property
+    def tokenizer(self):
+        if self.processor is None:
+            raise InputError(
+                "This explainer has no tokenizer, so it cannot read raw text: pass one with "
+                "Explainer(model, tokenizer), or pass preprocessed inputs (a dict with input_ids)."
+            )
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _accepted(self) -> set[str]:
+        return set(inspect.signature(self.model.forward).parameters)
+
+    def prepare(self, inputs: Any, text_pair: Any = None) -> Batch:
+        if torch.is_tensor(inputs) or isinstance(inputs, Mapping):
+            return self._prepare_encoded(inputs)
+        firsts, seconds = _split_pairs(inputs, text_pair)
+        tok = self.tokenizer
+        limit = min(tok.model_max_length, getattr(self.model.config, "max_position_embeddings", 10**9))
+        lengths = [len(ids) for ids in tok(firsts, seconds, truncation=False)["input_ids"]]
+        for index, length in enumerate(lengths):
+            if length > limit:
+                warnings.warn(f"Text #{index} has {length} tokens; it is truncated to the model's limit of {limit}.",
+                              stacklevel=3)
+        fast = getattr(tok, "is_fast", False)
+        enc = tok(firsts, seconds, padding=True, truncation=True, max_length=limit, return_tensors="pt",
+                  return_offsets_mapping=fast)
+        offsets = enc.pop("offset_mapping", None)
+        batch = self._prepare_encoded(enc)
+        for i, sample in enumerate(batch.samples):
+            if fast:
+                valid = sample["length"]
+                sample.update(group_words(
+                    sample["tokens"], sample["special"],
+                    word_ids=enc.word_ids(i)[:valid], sequence_ids=enc.sequence_ids(i)[:valid],
+                    offsets=offsets[i, :valid].tolist(), texts=(firsts[i], seconds[i] if seconds else None)))
+            sample["text"] = firsts[i] if not seconds else (firsts[i], seconds[i])
+        return batch
+
+    def _prepare_encoded(self, encoded: Any) -> Batch:
+        encoded = {"input_ids": encoded} if torch.is_tensor(encoded) else dict(encoded)
+        if "input_ids" not in encoded:
+            raise InputError("Preprocessed text inputs need an `input_ids` tensor.")
+        input_ids = torch.as_tensor(encoded["input_ids"])
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.numel() == 0 or input_ids.shape[1] == 0:
+            raise InputError("The input_ids tensor is empty: there is no text to explain.")
+        mask = torch.as_tensor(encoded.get("attention_mask", torch.ones_like(input_ids))).reshape(input_ids.shape)
+        accepted = self._accepted()
+        model_inputs = {k: torch.as_tensor(v).reshape(input_ids.shape).to(self.device)
+                        for k, v in encoded.items() if k in accepted and k != "input_ids"}
+        model_inputs["input_ids"] = input_ids.to(self.device)
+        model_inputs["attention_mask"] = mask.to(self.device)
+        token_mask = mask.bool()
+        samples, special_rows = [], []
+        tok = self.tokenizer if self.processor is not None else None
+        for row, valid in zip(input_ids, token_mask):
+            ids = row[valid].tolist()
+            tokens = tok.convert_ids_to_tokens(ids) if tok else [str(i) for i in ids]
+            special = (tok.get_special_tokens_mask(ids, already_has_special_tokens=True) if tok
+                       else [0] * len(ids))
+            special = [bool(s) for s in special]
+            sample = {"tokens": tokens, "special": special, "length": len(ids)}
+            if tok:
+                sample.update(group_words(tokens, special, tokenizer=tok))
+            samples.append(sample)
+            padded = torch.zeros_like(valid)
+            padded[valid] = torch.tensor(special, dtype=torch.bool)
+            special_rows.append(padded)
+        content = token_mask & ~torch.stack(special_rows)
+        return Batch(model_inputs, token_mask.to(self.device), content.to(self.device), samples)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.model(**batch.model_inputs).logits
+
+    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Relevance of each token: the relevance of its embedding vector, summed over features."""
+        return first_layer_relevance.sum(dim=-1)
+
+
+def _split_pairs(inputs: Any, text_pair: Any) -> tuple[list[str], list[str] | None]:
+    """Normalise str / list / (a, b) pairs into parallel lists, refusing empty texts."""
+    if isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2
+                                   and all(isinstance(t, str) for t in inputs)):
+        inputs = [inputs]
+        if text_pair is not None:
+            text_pair = [text_pair]
+    items = list(inputs) if inputs is not None else []
+    if not items:
+        raise InputError("No text given: pass a string, a list of strings, or (text_a, text_b) pairs.")
+    if text_pair is not None:
+        pairs = list(text_pair)
+        if len(pairs) != len(items):
+            raise InputError(f"text_pair has {len(pairs)} entries for {len(items)} texts.")
+        items = list(zip(items, pairs))
+    firsts, seconds = [], []
+    for index, item in enumerate(items):
+        first, second = item if isinstance(item, tuple) else (item, None)
+        for part in (first, second):
+            if part is not None and not isinstance(part, str):
+                raise InputError(f"Text #{index} is a {type(part).__name__}, not a string.")
+            if part is not None and not part.strip():
+                raise InputError(f"Text #{index} is empty: there is nothing to explain.")
+        firsts.append(first)
+        seconds.append(second)
+    has_pair = [s is not None for s in seconds]
+    if any(has_pair) and not all(has_pair):
+        raise InputError("Mix of single texts and sentence pairs in one batch: explain them in separate calls.")
+    return firsts, (seconds if all(has_pair) else None)
+
+
+def _post_norm_layer(block, attention, query, key, value, out_proj, fc1, fc2, heads, call=0) -> LayerSpec:
+    return LayerSpec(block=block, attention=attention, extract_probs=_second, num_heads=heads,
+                     query=query, key=key, value=value, out_proj=out_proj, fc1=fc1, fc2=fc2,
+                     norm_first=False, call=call)
+
+
+class BertFamilyAdapter(HFSequenceClassifierAdapter):
+    """BERT layout: encoder.layer[i].attention.self.{query,key,value}, attention.output.dense, ..."""
+
+    family = "bert"
+    model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+    examples = "BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA sequence classifiers"
+
+    def build_spec(self) -> ModelSpec:
+        base = self.model.base_model
+        heads = self.model.config.num_attention_heads
+        layers = [
+            _post_norm_layer(layer, layer.attention.self, layer.attention.self.query, layer.attention.self.key,
+                             layer.attention.self.value, layer.attention.output.dense, layer.intermediate.dense,
+                             layer.output.dense, heads)
+            for layer in base.encoder.layer
+        ]
+        classifier = self.model.classifier
+        if isinstance(classifier, nn.Linear):  # BERT: pooler (dense + tanh) then a linear classifier
+            if getattr(base, "pooler", None) is None:
+                raise UnsupportedModelError("This BERT classifier has no pooler; the toolkit expects BERT's head.")
+            head = [base.pooler.dense, classifier]
+        else:  # RoBERTa / ELECTRA classification heads: dense, activation, out_proj on the first token
+            head = [classifier.dense, classifier.out_proj]
+        return ModelSpec(layers=layers, head=head)
+
+
+class DistilBertAdapter(HFSequenceClassifierAdapter):
+    family = "distilbert"
+    model_types = ("distilbert",)
+    examples = "DistilBERT sequence classifiers"
+
+    def build_spec(self) -> ModelSpec:
+        heads = self.model.config.n_heads
+        layers = [
+            _post_norm_layer(layer, layer.attention, layer.attention.q_lin, layer.attention.k_lin,
+                             layer.attention.v_lin, layer.attention.out_lin, layer.ffn.lin1, layer.ffn.lin2, heads)
+            for layer in self.model.distilbert.transformer.layer
+        ]
+        return ModelSpec(layers=layers, head=[self.model.pre_classifier, self.model.classifier])
+
+
+class AlbertAdapter(HFSequenceClassifierAdapter):
+    """ALBERT shares layer weights: one module runs at several depths, so each depth reads its own call."""
+
+    family = "albert"
+    model_types = ("albert",)
+    examples = "ALBERT sequence classifiers"
+
+    def build_spec(self) -> ModelSpec:
+        config = self.model.config
+        groups = self.model.albert.encoder.albert_layer_groups
+        calls: dict[int, int] = {}
+        layers = []
+        for depth in range(config.num_hidden_layers):
+            group = groups[int(depth / (config.num_hidden_layers / config.num_hidden_groups))]
+            for layer in group.albert_layers:
+                call = calls.get(id(layer), 0)
+                calls[id(layer)] = call + 1
+                att = layer.attention
+                layers.append(_post_norm_layer(layer, att, att.query, att.key, att.value, att.dense, layer.ffn,
+                                               layer.ffn_output, config.num_attention_heads, call))
+        return ModelSpec(layers=layers, head=[self.model.albert.pooler, self.model.classifier])

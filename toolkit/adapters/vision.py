@@ -1,0 +1,230 @@
+"""Vision Transformers: the shared image handling, and the Hugging Face (ViT, DeiT) and timm families."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core import lrp
+from ..core.capture import Recorder
+from ..core.spec import LayerSpec, ModelSpec
+from ..errors import InputError
+from ..images import to_rgb
+from .base import Batch, ModelAdapter
+
+
+def _second(output: Any) -> torch.Tensor | None:
+    return output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+
+
+def _identity(output: torch.Tensor) -> torch.Tensor:
+    return output
+
+
+class VisionTransformerAdapter(ModelAdapter):
+    """Images in, a patch grid of relevance out; a subclass says where patches, prefix tokens and layers live."""
+
+    modality = "image"
+
+    # --- what a family declares -------------------------------------------------------------
+    def patch_conv(self) -> nn.Conv2d:
+        raise NotImplementedError
+
+    def prefix_tokens(self) -> torch.Tensor:
+        """Learned tokens placed before the patches (class, distillation, register), shaped (1, P, D)."""
+        raise NotImplementedError
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.prefix_tokens().shape[1]
+
+    def prepare(self, inputs: Any, **kwargs) -> Batch:
+        if kwargs.get("text_pair") is not None:
+            raise InputError("An image classifier takes no text_pair.")
+        if torch.is_tensor(inputs):
+            pixels = inputs.unsqueeze(0) if inputs.dim() == 3 else inputs
+            if pixels.dim() != 4 or pixels.shape[1] != 3:
+                raise InputError(f"pixel_values must be shaped (B, 3, H, W); got {tuple(inputs.shape)}.")
+        else:
+            images = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+            if not images:
+                raise InputError("No image given.")
+            pixels = self.preprocess([to_rgb(image, i) for i, image in enumerate(images)])
+        pixels = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
+        stride = self.patch_conv().stride
+        grid = (pixels.shape[2] // stride[0], pixels.shape[3] // stride[1])
+        count = self.num_prefix_tokens + grid[0] * grid[1]
+        token_mask = torch.ones(pixels.shape[0], count, dtype=torch.bool, device=self.device)
+        content_mask = token_mask.clone()
+        content_mask[:, : self.num_prefix_tokens] = False
+        samples = [{"image": image, "grid": grid} for image in self._displayable(pixels)]
+        return Batch({"pixel_values": pixels}, token_mask, content_mask, samples)
+
+    def _displayable(self, pixels: torch.Tensor) -> list[np.ndarray]:
+        """The images as the model saw them (after resizing and cropping), as uint8 RGB arrays."""
+        mean, std = self.normalisation()
+        data = pixels.detach().float().cpu().numpy().transpose(0, 2, 3, 1) * std + mean
+        return list(np.clip(data * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.run(batch.model_inputs["pixel_values"])
+
+    def input_modules(self) -> list[nn.Module]:
+        return [self.patch_conv()]
+
+    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Pixel relevance (B, H, W): through the position-embedding addition, then the z^B rule on the patch conv."""
+        conv = self.patch_conv()
+        call = rec.call(conv)
+        patches = call.output.float()
+        b, d, gh, gw = patches.shape
+        prefix = self.prefix_tokens().detach().float().expand(b, -1, -1)
+        tokens = torch.cat([prefix, patches.flatten(2).transpose(1, 2)], dim=1)
+        layer_input = rec.call(self.spec.layers[0].block, self.spec.layers[0].call).input.float()
+        r_tokens, _ = lrp.residual_add(tokens, layer_input - tokens, first_layer_relevance)
+        r_patches = r_tokens[:, self.num_prefix_tokens:].transpose(1, 2).reshape(b, d, gh, gw)
+        with torch.no_grad():
+            pixels = lrp.patch_embedding_zb(call.input.float(), _float_conv(conv), r_patches)
+        return pixels.sum(dim=1)
+
+
+def _float_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    if conv.weight.dtype == torch.float32:
+        return conv
+    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                     conv.dilation, conv.groups, bias=False).to(conv.weight.device)
+    copy.weight.data = conv.weight.detach().float()
+    return copy
+
+
+class HFViTAdapter(VisionTransformerAdapter):
+    """Hugging Face ViTForImageClassification and DeiT (with or without the distillation head)."""
+
+    family = "hf-vit"
+    examples = "Hugging Face ViT and DeiT image classifiers"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        config = getattr(model, "config", None)
+        return getattr(config, "model_type", None) in ("vit", "deit") and "ImageClassification" in type(model).__name__
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.base_model
+
+    def patch_conv(self) -> nn.Conv2d:
+        return self.backbone.embeddings.patch_embeddings.projection
+
+    def prefix_tokens(self) -> torch.Tensor:
+        emb = self.backbone.embeddings
+        tokens = [emb.cls_token] + ([emb.distillation_token] if hasattr(emb, "distillation_token") else [])
+        return torch.cat(tokens, dim=1)
+
+    def normalisation(self):
+        proc = self.processor
+        mean = getattr(proc, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(proc, "image_std", None) or [0.5, 0.5, 0.5]
+        return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        if self.processor is None:
+            from transformers import ViTImageProcessor
+
+            size = self.model.config.image_size
+            warnings.warn(f"No image processor given: resizing to {size}x{size} and normalising with mean=std=0.5 "
+                          "(ViT's default). Pass the model's processor for exact preprocessing.", stacklevel=4)
+            self.processor = ViTImageProcessor(size={"height": size, "width": size})
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+    def build_spec(self) -> ModelSpec:
+        heads = self.model.config.num_attention_heads
+        layers = [
+            LayerSpec(block=layer, attention=layer.attention, extract_probs=_second, num_heads=heads,
+                      query=layer.attention.q_proj, key=layer.attention.k_proj, value=layer.attention.v_proj,
+                      out_proj=layer.attention.o_proj, fc1=layer.mlp.fc1, fc2=layer.mlp.fc2, norm_first=True)
+            for layer in self.backbone.layers
+        ]
+        if hasattr(self.model, "classifier"):
+            return ModelSpec(layers=layers, head=[self.model.classifier])
+        return ModelSpec(layers=layers, head=[self.model.cls_classifier],
+                         lrp_blocker="the prediction averages two heads (class and distillation tokens)")
+
+
+class TimmViTAdapter(VisionTransformerAdapter):
+    """timm VisionTransformer (ViT, DeiT, DeiT-distilled) with the standard Block and Attention modules."""
+
+    family = "timm-vit"
+    examples = "timm ViT and DeiT (vit_*, deit_*)"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        try:
+            from timm.layers import Attention
+            from timm.models.vision_transformer import VisionTransformer
+        except ImportError:
+            return False
+        return isinstance(model, VisionTransformer) and all(isinstance(b.attn, Attention) for b in model.blocks)
+
+    def patch_conv(self) -> nn.Conv2d:
+        return self.model.patch_embed.proj
+
+    def prefix_tokens(self) -> torch.Tensor:
+        tokens = [t for t in (self.model.cls_token, getattr(self.model, "dist_token", None),
+                              getattr(self.model, "reg_token", None)) if t is not None]
+        if not tokens:
+            return self.model.pos_embed.new_zeros(1, 0, self.model.embed_dim)
+        return torch.cat(tokens, dim=1)
+
+    def _data_config(self) -> dict:
+        from timm.data import resolve_data_config
+
+        return resolve_data_config({}, model=self.model)
+
+    def normalisation(self):
+        cfg = self._data_config()
+        return np.asarray(cfg["mean"], dtype=np.float32), np.asarray(cfg["std"], dtype=np.float32)
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        if self.processor is None:
+            from timm.data import create_transform
+
+            self.processor = create_transform(**self._data_config())
+        return torch.stack([self.processor(image) for image in images])
+
+    def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+    def build_spec(self) -> ModelSpec:
+        layers = []
+        for block in self.model.blocks:
+            attn = block.attn
+            blocker = None
+            if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
+                    and isinstance(attn.norm, nn.Identity) and getattr(attn, "gate", None) is None):
+                blocker = "attention with QK-norm or gating has no LRP rule here"
+            layers.append(LayerSpec(block=block, attention=attn.attn_drop, extract_probs=_identity,
+                                    num_heads=attn.num_heads, qkv=attn.qkv, out_proj=attn.proj,
+                                    attn_branch=block.ls1, fc1=block.mlp.fc1, fc2=block.mlp.fc2,
+                                    mlp_branch=block.ls2, norm_first=True, lrp_blocker=blocker))
+        model_blocker = None
+        if getattr(self.model, "dist_token", None) is not None:
+            model_blocker = "the prediction averages two heads (class and distillation tokens)"
+        elif self.model.global_pool != "token":
+            model_blocker = f"global_pool={self.model.global_pool!r}; LRP reads a single class token"
+        return ModelSpec(layers=layers, head=[self.model.head], lrp_blocker=model_blocker)

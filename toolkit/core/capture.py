@@ -1,0 +1,128 @@
+"""Capture what explanation methods need from a stock model's forward and backward pass.
+
+A :class:`Recorder` places forward hooks on the modules an adapter names, keeps every call's
+input and output (shared modules, as in ALBERT, are called once per layer), and keeps the
+attention probabilities as they sit in the autograd graph, so that their gradient can be taken. Leaving the ``with`` block
+removes every hook, also when the forward or backward pass raised.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+AttentionExtractor = Callable[[object], torch.Tensor]
+
+
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The tensor a module was called on: the first positional tensor, or ``hidden_states``."""
+    for value in args:
+        if torch.is_tensor(value):
+            return value
+    for key in ("hidden_states", "x", "input", "hidden_state"):
+        if torch.is_tensor(kwargs.get(key)):
+            return kwargs[key]
+    return None
+
+
+@dataclass
+class ModuleCall:
+    """One call of a module: its main input and output tensors (detached)."""
+
+    input: torch.Tensor | None
+    output: torch.Tensor | None
+
+
+@dataclass
+class AttentionCall:
+    """One call of an attention module: probabilities (B, H, Nq, Nk), detached and as they sit in the graph."""
+
+    probs: torch.Tensor
+    live: torch.Tensor | None = None
+
+
+@dataclass
+class Recorder:
+    """Forward hooks on chosen modules; released on exit of the ``with`` block."""
+
+    keep_gradients: bool = False  # keep attention probabilities attached to the graph
+    calls: dict[int, list[ModuleCall]] = field(default_factory=lambda: defaultdict(list))
+    attention: dict[int, list[AttentionCall]] = field(default_factory=lambda: defaultdict(list))
+    _handles: list = field(default_factory=list)
+    _watched: set = field(default_factory=set)
+
+    def _first_time(self, module: nn.Module, role: str) -> bool:
+        """Shared modules (ALBERT) appear in several layers but must be hooked once."""
+        key = (id(module), role)
+        if key in self._watched:
+            return False
+        self._watched.add(key)
+        return True
+
+    def record(self, module: nn.Module) -> None:
+        """Keep the input and output of every call of ``module``."""
+        if not self._first_time(module, "io"):
+            return
+
+        def hook(mod, args, kwargs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            inp = first_tensor(args, kwargs)
+            self.calls[id(mod)].append(
+                ModuleCall(None if inp is None else inp.detach(), out.detach() if torch.is_tensor(out) else None)
+            )
+
+        self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    def record_attention(self, module: nn.Module, extract: AttentionExtractor) -> None:
+        """Keep the attention probabilities ``extract(output)`` of every call (and the graph tensor if asked)."""
+        if not self._first_time(module, "attention"):
+            return
+
+        def hook(mod, args, output):
+            probs = extract(output)
+            if probs is None:
+                raise RuntimeError(
+                    f"{type(mod).__name__} returned no attention probabilities: the model still runs a fused "
+                    "attention path. Load it with attn_implementation='eager'."
+                )
+            self.attention[id(mod)].append(AttentionCall(probs.detach(), probs if self.keep_gradients else None))
+
+        self._handles.append(module.register_forward_hook(hook))
+
+    def start_graph_at(self, module: nn.Module) -> None:
+        """Make ``module``'s input a leaf that requires grad, so attention gradients exist even for
+        frozen models, and the backward pass stops there instead of reaching the embeddings."""
+
+        def pre_hook(mod, args, kwargs):
+            for index, value in enumerate(args):
+                if torch.is_tensor(value) and value.is_floating_point():
+                    if value.requires_grad:
+                        return None
+                    args = (*args[:index], value.detach().requires_grad_(), *args[index + 1:])
+                    return args, kwargs
+            for key, value in kwargs.items():
+                if torch.is_tensor(value) and value.is_floating_point() and not value.requires_grad:
+                    return args, {**kwargs, key: value.detach().requires_grad_()}
+            return None
+
+        self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+
+    def call(self, module: nn.Module, index: int = 0) -> ModuleCall:
+        return self.calls[id(module)][index]
+
+    def attention_call(self, module: nn.Module, index: int = 0) -> AttentionCall:
+        return self.attention[id(module)][index]
+
+    def release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,82 @@
+"""The LRP rules of Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention
+Visualization" (CVPR 2021), applied to tensors captured from a stock model.
+
+- linear layers: the alpha=1, beta=0 rule (only positive contributions, no bias);
+- LayerNorm, GELU, tanh, softmax, dropout: relevance passes unchanged;
+- the two attention products (Q K^T and A V): the z-rule, relevance split in half between operands;
+- residual additions: the z-rule, then each operand's relevance rescaled so that the shares follow
+  |sum R_operand| and the total is conserved ("normalised" residual);
+- the pixel-facing patch embedding: the z^B rule, bounded by each image's lowest and highest value.
+
+Every function works on a batch; sums that the rules normalise by are taken per sample.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-9
+
+
+def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, with the denominator pushed away from zero and 0 where it was exactly 0."""
+    stabilised = denominator.clamp(min=EPS) + denominator.clamp(max=EPS)
+    stabilised = stabilised + stabilised.eq(0).to(stabilised.dtype) * EPS
+    return numerator / stabilised * denominator.ne(0).to(denominator.dtype)
+
+
+def linear_alpha1_beta0(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """Relevance of a linear layer's input: positive contributions x+ W+ and x- W-, bias excluded."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    s = safe_divide(relevance, F.linear(x_pos, w_pos) + F.linear(x_neg, w_neg))
+    return x_pos * (s @ w_pos) + x_neg * (s @ w_neg)
+
+
+def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def residual_add(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the relevance of ``a + b`` between the operands, normalised so that nothing is lost."""
+    s = safe_divide(relevance, a + b)
+    r_a, r_b = a * s, b * s
+    sum_a, sum_b, total = _per_sample_sum(r_a), _per_sample_sum(r_b), _per_sample_sum(relevance)
+    share_a = safe_divide(sum_a.abs(), sum_a.abs() + sum_b.abs()) * total
+    share_b = safe_divide(sum_b.abs(), sum_a.abs() + sum_b.abs()) * total
+    return r_a * safe_divide(share_a, sum_a), r_b * safe_divide(share_b, sum_b)
+
+
+def matmul_z(left: torch.Tensor, right: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z-rule for ``left @ right`` with relevance split in half between the two operands."""
+    s = safe_divide(relevance, left @ right)
+    r_left = left * (s @ right.transpose(-1, -2))
+    r_right = right * (left.transpose(-1, -2) @ s)
+    return r_left / 2, r_right / 2
+
+
+def attention_core(q, k, v, probs, relevance_context):
+    """Relevance through softmax(Q K^T) V for tensors shaped (B, H, N, d) and probs (B, H, N, N).
+
+    Returns the relevance of the attention map (what CVPR 2021 combines with its gradient) and of Q, K, V.
+    The scale of Q K^T does not matter: the z-rule is invariant to it.
+    """
+    r_probs, r_v = matmul_z(probs, v, relevance_context)
+    r_q, r_kt = matmul_z(q, k.transpose(-1, -2), r_probs)  # softmax passes relevance unchanged
+    return r_probs, r_q, r_kt.transpose(-1, -2), r_v
+
+
+def patch_embedding_zb(pixels: torch.Tensor, conv: torch.nn.Conv2d, relevance: torch.Tensor) -> torch.Tensor:
+    """z^B rule for the convolution that reads pixels; bounds are each image's min and max value."""
+    low = pixels.amin(dim=(1, 2, 3), keepdim=True).expand_as(pixels)
+    high = pixels.amax(dim=(1, 2, 3), keepdim=True).expand_as(pixels)
+    w, w_pos, w_neg = conv.weight, conv.weight.clamp(min=0), conv.weight.clamp(max=0)
+    conv_args = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    z = (F.conv2d(pixels, w, **conv_args) - F.conv2d(low, w_pos, **conv_args)
+         - F.conv2d(high, w_neg, **conv_args) + EPS)
+    s = relevance / z
+
+    def back(weight):
+        return torch.nn.grad.conv2d_input(pixels.shape, weight, s, **conv_args)
+
+    return pixels * back(w) - low * back(w_pos) - high * back(w_neg)

@@ -1,0 +1,122 @@
+"""The result of explaining one input: relevance scores, what they refer to, and how to show them."""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import render
+
+_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens")
+
+
+def library_versions() -> dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    versions = {"toolkit": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    for name in ("transformers", "timm", "open_clip"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+@dataclass
+class Explanation:
+    """Relevance for one input and one target.
+
+    ``scores`` holds one raw (not normalised) value per token (for images, per token of the
+    sequence: prefix tokens, then patches in row-major order). ``heatmap`` is the image relevance
+    on the patch grid (or per pixel for ``lrp``). ``words`` and ``word_scores`` sum sub-word pieces.
+    """
+
+    method: str
+    model: str
+    target: int
+    label: str
+    probability: float
+    scores: np.ndarray
+    tokens: list[str] = field(default_factory=list)
+    words: list[str] | None = None
+    word_scores: np.ndarray | None = None
+    word_segments: list[int] | None = None
+    special_tokens: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
+    image: np.ndarray | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    def __repr__(self) -> str:
+        what = f"heatmap={self.heatmap.shape}" if self.heatmap is not None else f"tokens={len(self.tokens)}"
+        return (f"Explanation(method={self.method!r}, target={self.target} ({self.label!r}), "
+                f"probability={self.probability:.3f}, {what})")
+
+    # --- display ------------------------------------------------------------------------------
+    def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The model's view of the image with the heatmap upsampled and blended in (RGB PIL image)."""
+        if self.heatmap is None or self.image is None:
+            raise ValueError("overlay() needs an image explanation; use to_html() for text.")
+        return render.heatmap_overlay(self.image, self.heatmap, alpha=alpha, colormap=colormap)
+
+    def to_html(self, level: str = "words") -> str:
+        """Plain HTML of the text: red for positive relevance, blue for negative.
+
+        ``level="words"`` shows whole words (special tokens left out), ``"tokens"`` every token.
+        """
+        if level not in ("words", "tokens"):
+            raise ValueError("level must be 'words' or 'tokens'.")
+        title = f"{self.method} | target: {self.label} (p={self.probability:.3f})"
+        if level == "words" and self.words is not None:
+            return render.scores_html(self.words, self.word_scores, title)
+        if not self.tokens or self.heatmap is not None:
+            raise ValueError("to_html() needs a text explanation; use overlay() for images.")
+        return render.scores_html(self.tokens, self.scores, title)
+
+    def _repr_html_(self) -> str:
+        if self.heatmap is not None:
+            import base64
+            import io
+
+            buffer = io.BytesIO()
+            self.overlay().save(buffer, format="PNG")
+            return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
+        return self.to_html()
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.npz`` file: the arrays, plus a JSON ``meta`` entry (model, method, options, versions)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAY_FIELDS if getattr(self, name) is not None}
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
+        np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Explanation":
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in _ARRAY_FIELDS if name in data.files}
+        return cls(**meta, **arrays)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,83 @@
+"""Turning whatever image a user has into the RGB picture a model expects."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+
+MAX_SIDE = 4096  # larger images are downscaled first: no model here reads more, and memory stays bounded
+
+
+def to_rgb(image: Any, index: int = 0) -> Image.Image:
+    """An 8-bit RGB PIL image from a PIL image, array or file path, whatever its mode or bit depth.
+
+    Transparency is composited on white; 16-bit and float data are rescaled to 0..255;
+    images larger than MAX_SIDE on a side are downscaled, keeping the aspect ratio.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"Image #{index}: no file at {path}.")
+        Image.MAX_IMAGE_PIXELS = None  # we downscale huge images ourselves below
+        image = Image.open(path)
+        image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image, index)
+    if not isinstance(image, Image.Image):
+        raise InputError(f"Image #{index} is a {type(image).__name__}; pass a PIL image, a numpy array, "
+                         "a file path, or a preprocessed pixel_values tensor.")
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"Image #{index} is empty ({image.width}x{image.height}).")
+    if max(image.size) > MAX_SIDE:
+        scale = MAX_SIDE / max(image.size)
+        warnings.warn(f"Image #{index} is {image.width}x{image.height}; downscaled to a {MAX_SIDE}-pixel side.",
+                      stacklevel=3)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS if image.mode in ("RGB", "RGBA", "L") else Image.Resampling.NEAREST)
+    return _mode_to_rgb(image)
+
+
+def _mode_to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        data = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(_rescale(data)).convert("RGB")
+    if image.mode == "P" or image.mode in ("LA", "PA", "La"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _rescale(data: np.ndarray) -> np.ndarray:
+    """Map integer or float data to uint8: by its dtype's range where known, else by its own min/max."""
+    finite = np.nan_to_num(data.astype(np.float64))
+    low, high = float(finite.min()), float(finite.max())
+    if high <= 1.0 and low >= 0.0:
+        scaled = finite * 255.0
+    elif low >= 0 and high <= 255:
+        scaled = finite
+    elif low >= 0 and high <= 65535:
+        scaled = finite / 257.0
+    else:
+        scaled = (finite - low) / max(high - low, 1e-12) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
+    if array.size == 0:
+        raise InputError(f"Image #{index} is an empty array.")
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise InputError(f"Image #{index} has shape {array.shape}; expected HxW, HxWx3 or HxWx4.")
+    data = array if array.dtype == np.uint8 else _rescale(array)
+    return Image.fromarray(data)

@@ -1,0 +1,91 @@
+"""Loading stock models by name (Hugging Face Hub or local folder, timm), with errors that say what to do."""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError, UnsupportedModelError
+
+_OFFLINE_HINT = (
+    "If this machine is offline, download the model once where there is network "
+    "(`huggingface-cli download {name}`, or `model.save_pretrained(folder)` plus the processor's), "
+    "copy the folder here and pass its path: Explainer.from_pretrained('/path/to/folder')."
+)
+
+
+def _describe_hub_failure(name: str, error: BaseException) -> str:
+    chain, cause = [], error
+    while cause is not None and len(chain) < 4:
+        chain.append(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        cause = cause.__cause__ or cause.__context__
+    text = " | ".join(chain)
+    if "RepositoryNotFound" in text or "is not a local folder and is not a valid model identifier" in text:
+        reason = f"there is no model called {name!r} on the Hugging Face Hub, nor a local folder of that name"
+    elif os.environ.get("HF_HUB_OFFLINE") == "1":
+        reason = "HF_HUB_OFFLINE=1 is set and the model is not in the local cache"
+    elif any(s in text for s in ("connect", "LocalEntryNotFound", "resolve", "Name or service", "offline")):
+        reason = "the Hugging Face Hub cannot be reached (offline?) and the model is not in the local cache"
+    else:
+        reason = "its files could not be read"
+    return f"Could not load {name!r}: {reason}. ({text})\n" + _OFFLINE_HINT.format(name=name)
+
+
+def load_huggingface(name: str, **kwargs: Any):
+    """A stock HF classifier (text or image) loaded with eager attention, and its tokenizer or processor."""
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+        if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not (
+                config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
+            model = AutoModelForImageClassification.from_pretrained(name, attn_implementation="eager", **kwargs)
+            processor = AutoImageProcessor.from_pretrained(name)
+        elif config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager", **kwargs)
+            processor = AutoTokenizer.from_pretrained(name)
+        else:
+            raise UnsupportedModelError(
+                f"{name!r} is a {config.model_type!r} model, which is neither a sequence nor an image classifier.")
+    except (UnsupportedModelError, TypeError):
+        raise
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_describe_hub_failure(name, error)) from error
+    return model, processor
+
+
+def load_timm(name: str, pretrained: bool = True, **kwargs: Any):
+    """A timm model by name; ``pretrained=False`` gives random weights (no download)."""
+    import timm
+
+    if name not in timm.list_models(pretrained=False) and name.split(".")[0] not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ModelLoadError(f"Unknown timm model {name!r}." + (f" Did you mean {', '.join(close)}?" if close else ""))
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs), None
+    except (OSError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"Could not load timm weights for {name!r}: {type(error).__name__}: {str(error).splitlines()[0]}\n"
+            "If this machine is offline, pass a local checkpoint: "
+            "Explainer.from_pretrained(name, source='timm', pretrained=True, "
+            "pretrained_cfg_overlay=dict(file='/path/to/weights.safetensors')), "
+            "or pretrained=False for random weights."
+        ) from error
+
+
+def guess_source(name: str) -> str:
+    """'hf' for local folders and hub ids, 'timm' for names timm knows."""
+    if Path(name).is_dir():
+        return "hf"
+    try:
+        import timm
+
+        if "/" not in name and (name in timm.list_models() or name.split(".")[0] in timm.list_models()):
+            return "timm"
+    except ImportError:
+        pass
+    return "hf"

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import torch
+
+from ..core.trace import Trace
+from .base import RowPropagation, head_mean_positive
+from .registry import register
+
+
+@register
+class Generic(RowPropagation):
+    name = "generic"
+    summary = "Chefer et al. ICCV 2021 self-attention rule: R += mean_h (grad A * A)+ . R."
+    needs_gradients = True
+
+    def layer_matrix(self, trace: Trace, layer: int) -> torch.Tensor:
+        return head_mean_positive(trace.grads[layer].float() * trace.probs[layer].float())

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import torch
+
+from ..core.trace import Trace
+from .base import Method
+from .registry import register
+
+
+@register
+class LRP(Method):
+    name = "lrp"
+    summary = "Full LRP (CVPR 2021 rules) down to the input: per token, or per pixel for images."
+    needs_lrp = True
+
+    def attribute(self, trace: Trace) -> torch.Tensor:
+        return trace.input_relevance

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import torch
+
+from ..core.trace import Trace
+from .base import Method, head_mean_positive
+from .registry import register
+
+
+@register
+class PartialLRP(Method):
+    name = "partial_lrp"
+    summary = "Partial LRP (Voita et al. 2019, as in Chefer et al. CVPR 2021): LRP relevance of the last attention map."
+    needs_lrp = True
+
+    def attribute(self, trace: Trace) -> torch.Tensor:
+        return torch.einsum("bi,bij->bj", trace.readout, head_mean_positive(trace.attention_relevance[-1]))

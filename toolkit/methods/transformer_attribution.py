@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import torch
+
+from ..core.trace import Trace
+from .base import RowPropagation, head_mean_positive
+from .registry import register
+
+
+@register
+class TransformerAttribution(RowPropagation):
+    name = "transformer_attribution"
+    summary = "Chefer et al. CVPR 2021: LRP relevance of each attention map times its gradient, propagated."
+    needs_gradients = True
+    needs_lrp = True
+
+    def layer_matrix(self, trace: Trace, layer: int) -> torch.Tensor:
+        return head_mean_positive(trace.grads[layer].float() * trace.attention_relevance[layer])
