@@ -92,9 +92,8 @@ class Explainer:
                 logits = self.adapter.logits(batch)
             calls = [rec.attention_call(layer.attention, layer.call) for layer in spec.layers]
             target_ids = self._resolve_targets(targets, logits)
-            readout = torch.zeros(batch.token_mask.shape, device=logits.device)
-            readout[:, spec.readout_index] = 1.0
-            trace = Trace(probs=[c.probs for c in calls], readout=readout, token_mask=batch.token_mask,
+            trace = Trace(probs=[c.probs for c in calls], readout=spec.readout_weights(batch.token_mask),
+                          token_mask=batch.token_mask,
                           content_mask=batch.content_mask)
             if method.needs_gradients:
                 objective = logits.gather(1, target_ids[:, None]).sum()

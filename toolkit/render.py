@@ -33,12 +33,21 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, 
 
 
 def scores_html(pieces: list[str], scores: np.ndarray, title: str = "") -> str:
-    """Inline HTML: each piece on a red (positive) or blue (negative) background, opacity by |score|."""
+    """Inline HTML: each piece on a red (positive) or blue (negative) background.
+
+    Opacity is |score| / max |score| when scores have both signs; when none is negative (most
+    attention methods), it is min-max scaled, so that a common offset (rollout's and the
+    identity's share) does not paint every piece the same red.
+    """
     scores = np.asarray(scores, dtype=np.float64)
+    strengths = normalise_for_display(scores) if scores.size and scores.min() >= 0 else None
     peak = float(np.abs(scores).max()) if scores.size else 0.0
     spans = []
-    for piece, score in zip(pieces, scores):
-        strength = abs(score) / peak if peak > 0 else 0.0
+    for index, (piece, score) in enumerate(zip(pieces, scores)):
+        if strengths is not None:
+            strength = float(strengths[index])
+        else:
+            strength = abs(score) / peak if peak > 0 else 0.0
         rgb = "220,38,38" if score >= 0 else "37,99,235"
         spans.append(
             f'<span title="{score:.4g}" style="background:rgba({rgb},{strength:.3f});'

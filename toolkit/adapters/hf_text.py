@@ -149,6 +149,17 @@ def _post_norm_layer(block, attention, query, key, value, out_proj, fc1, fc2, he
                      norm_first=False, call=call)
 
 
+def bert_layers(encoder_model: nn.Module) -> list[LayerSpec]:
+    """Layers of a BERT-layout encoder: encoder.layer[i].attention.self.{query,key,value}, ..."""
+    heads = encoder_model.config.num_attention_heads
+    return [
+        _post_norm_layer(layer, layer.attention.self, layer.attention.self.query, layer.attention.self.key,
+                         layer.attention.self.value, layer.attention.output.dense, layer.intermediate.dense,
+                         layer.output.dense, heads)
+        for layer in encoder_model.encoder.layer
+    ]
+
+
 class BertFamilyAdapter(HFSequenceClassifierAdapter):
     """BERT layout: encoder.layer[i].attention.self.{query,key,value}, attention.output.dense, ..."""
 
@@ -158,13 +169,7 @@ class BertFamilyAdapter(HFSequenceClassifierAdapter):
 
     def build_spec(self) -> ModelSpec:
         base = self.model.base_model
-        heads = self.model.config.num_attention_heads
-        layers = [
-            _post_norm_layer(layer, layer.attention.self, layer.attention.self.query, layer.attention.self.key,
-                             layer.attention.self.value, layer.attention.output.dense, layer.intermediate.dense,
-                             layer.output.dense, heads)
-            for layer in base.encoder.layer
-        ]
+        layers = bert_layers(base)
         classifier = self.model.classifier
         if isinstance(classifier, nn.Linear):  # BERT: pooler (dense + tanh) then a linear classifier
             if getattr(base, "pooler", None) is None:

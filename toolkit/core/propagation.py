@@ -13,6 +13,7 @@ import torch
 
 from . import lrp
 from .capture import Recorder
+from ..errors import UnsupportedModelError
 from .spec import LayerSpec, ModelSpec
 
 
@@ -99,7 +100,7 @@ def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor]
     """
     blocker = spec.lrp_blocker or next((l.lrp_blocker for l in spec.layers if l.lrp_blocker), None)
     if blocker:
-        raise NotImplementedError(f"LRP cannot pass this model: {blocker}")
+        raise UnsupportedModelError(f"LRP cannot pass this model: {blocker}")
     head_in = rec.call(spec.head[0]).input
     relevance = torch.zeros(targets.shape[0], spec.head[-1].out_features, device=head_in.device)
     relevance[torch.arange(targets.shape[0]), targets] = 1.0

@@ -52,9 +52,23 @@ class LayerSpec:
 
 @dataclass
 class ModelSpec:
-    """The layers of a model, its classification head, and the token its prediction is read from."""
+    """The layers of a model, its classification head, and the tokens its prediction is read from.
+
+    ``readout`` is ``"token"`` (the hidden state at ``readout_index``, e.g. [CLS]) or ``"mean"``
+    (the average over real tokens, as sentence encoders pool).
+    """
 
     layers: list[LayerSpec]
     head: list[nn.Linear] = field(default_factory=list)  # Linear layers from the readout token to the logits
     readout_index: int = 0
+    readout: str = "token"
     lrp_blocker: str | None = None
+
+    def readout_weights(self, token_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N) weights of the token rows that the prediction reads."""
+        if self.readout == "mean":
+            weights = token_mask.float()
+            return weights / weights.sum(dim=1, keepdim=True)
+        weights = torch.zeros(token_mask.shape, device=token_mask.device)
+        weights[:, self.readout_index] = 1.0
+        return weights

