@@ -77,6 +77,8 @@ class Explainer:
     # --- one batch: one forward, at most one backward ------------------------------------------
     def _explain_batch(self, batch: Batch, method: Method, targets: list[Target]) -> list[Explanation]:
         spec = self.adapter.spec
+        if method.needs_lrp:
+            spec.check_lrp()
         with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec:
             for layer in spec.layers:
                 rec.record_attention(layer.attention, layer.extract_probs)
@@ -84,7 +86,10 @@ class Explainer:
                     for module in layer.recorded_modules():
                         rec.record(module)
             if method.needs_lrp:
-                for module in [*spec.head, *self.adapter.input_modules()]:
+                for module in spec.head:
+                    rec.record(module)
+            if method.needs_input_relevance:
+                for module in self.adapter.input_modules():
                     rec.record(module)
             if method.needs_gradients:
                 rec.start_graph_at(spec.layers[0].block)
@@ -99,9 +104,11 @@ class Explainer:
                 objective = logits.gather(1, target_ids[:, None]).sum()
                 trace.grads = list(torch.autograd.grad(objective, [c.live for c in calls]))
             if method.needs_lrp:
+                lowest = method.lowest_lrp_layer(len(spec.layers))
                 first, trace.attention_relevance = lrp_through_layers(
-                    spec, rec, [p.float() for p in trace.probs], target_ids, batch.token_mask.shape[1])
-                trace.input_relevance = self.adapter.input_relevance(rec, first, batch)
+                    spec, rec, [p.float() for p in trace.probs], target_ids, batch.token_mask.shape[1], lowest)
+                if method.needs_input_relevance:
+                    trace.input_relevance = self.adapter.input_relevance(rec, first, batch)
         with torch.no_grad():
             relevance = method.attribute(trace).detach().float().cpu().numpy()
             probabilities = logits.detach().float().softmax(-1).cpu().numpy()

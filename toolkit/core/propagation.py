@@ -13,7 +13,6 @@ import torch
 
 from . import lrp
 from .capture import Recorder
-from ..errors import UnsupportedModelError
 from .spec import LayerSpec, ModelSpec
 
 
@@ -93,22 +92,20 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
 
 @torch.no_grad()
 def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], targets: torch.Tensor,
-                       num_tokens: int):
-    """Run LRP from one-hot target logits down to the first layer's input.
+                       num_tokens: int, lowest_layer: int = 0):
+    """Run LRP from one-hot target logits down to the input of layer ``lowest_layer``.
 
-    Returns (relevance of the first layer's input (B, N, D), relevance of each attention map).
+    Returns (relevance of that layer's input (B, N, D), relevance of each attention map, None
+    below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones.
     """
-    blocker = spec.lrp_blocker or next((l.lrp_blocker for l in spec.layers if l.lrp_blocker), None)
-    if blocker:
-        raise UnsupportedModelError(f"LRP cannot pass this model: {blocker}")
-    head_in = rec.call(spec.head[0]).input
-    relevance = torch.zeros(targets.shape[0], spec.head[-1].out_features, device=head_in.device)
+    spec.check_lrp()
+    relevance = torch.zeros(targets.shape[0], spec.head[-1].out_features, device=targets.device)
     relevance[torch.arange(targets.shape[0]), targets] = 1.0
     for linear in reversed(spec.head):
         relevance = lrp.linear_alpha1_beta0(_f32(rec.call(linear).input), _f32(linear.weight), relevance)
     tokens = torch.zeros(targets.shape[0], num_tokens, relevance.shape[-1], device=relevance.device)
     tokens[:, spec.readout_index] = relevance
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
-    for index in reversed(range(len(spec.layers))):
+    for index in reversed(range(lowest_layer, len(spec.layers))):
         tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index])
     return tokens, attention_relevance

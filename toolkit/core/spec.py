@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..errors import UnsupportedModelError
+
 
 @dataclass
 class LayerSpec:
@@ -63,6 +65,12 @@ class ModelSpec:
     readout_index: int = 0
     readout: str = "token"
     lrp_blocker: str | None = None
+
+    def check_lrp(self) -> None:
+        """Raise a clear error, before any work, if the LRP rules cannot pass some part of the model."""
+        blocker = self.lrp_blocker or next((layer.lrp_blocker for layer in self.layers if layer.lrp_blocker), None)
+        if blocker:
+            raise UnsupportedModelError(f"The LRP-based methods cannot explain this model: {blocker}.")
 
     def readout_weights(self, token_mask: torch.Tensor) -> torch.Tensor:
         """(B, N) weights of the token rows that the prediction reads."""

@@ -21,6 +21,7 @@ class Method:
     summary: ClassVar[str]
     needs_gradients: ClassVar[bool] = False
     needs_lrp: ClassVar[bool] = False
+    needs_input_relevance: ClassVar[bool] = False
     takes_start_layer: ClassVar[bool] = False
 
     def __init__(self, start_layer: int = 0):
@@ -36,6 +37,10 @@ class Method:
         if not 0 <= start < num_layers:
             raise InputError(f"start_layer={self.start_layer} is out of range for a model with {num_layers} layers.")
         return start
+
+    def lowest_lrp_layer(self, num_layers: int) -> int:
+        """The lowest layer whose attention relevance this method reads (LRP stops there)."""
+        return 0
 
     def attribute(self, trace: Trace) -> torch.Tensor:
         """Relevance per token (B, N), or per input pixel (B, H, W) for input-level methods."""

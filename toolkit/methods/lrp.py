@@ -12,6 +12,7 @@ class LRP(Method):
     name = "lrp"
     summary = "Full LRP (CVPR 2021 rules) down to the input: per token, or per pixel for images."
     needs_lrp = True
+    needs_input_relevance = True
 
     def attribute(self, trace: Trace) -> torch.Tensor:
         return trace.input_relevance

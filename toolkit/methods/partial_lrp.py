@@ -13,5 +13,8 @@ class PartialLRP(Method):
     summary = "Partial LRP (Voita et al. 2019, as in Chefer et al. CVPR 2021): LRP relevance of the last attention map."
     needs_lrp = True
 
+    def lowest_lrp_layer(self, num_layers: int) -> int:
+        return num_layers - 1
+
     def attribute(self, trace: Trace) -> torch.Tensor:
         return torch.einsum("bi,bij->bj", trace.readout, head_mean_positive(trace.attention_relevance[-1]))

@@ -14,5 +14,8 @@ class TransformerAttribution(RowPropagation):
     needs_gradients = True
     needs_lrp = True
 
+    def lowest_lrp_layer(self, num_layers: int) -> int:
+        return self.resolved_start(num_layers)
+
     def layer_matrix(self, trace: Trace, layer: int) -> torch.Tensor:
         return head_mean_positive(trace.grads[layer].float() * trace.attention_relevance[layer])
