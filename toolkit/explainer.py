@@ -18,6 +18,7 @@ from .core.trace import Trace
 from .errors import InputError
 from .explanation import Explanation
 from .methods import Method, get_method
+from .multimodal import MultimodalAdapter
 
 Target = int | str | None
 
@@ -30,6 +31,7 @@ class Explainer:
         self.model = model.eval()
         self.adapter = adapter or adapter_for(model, processor)
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        self.adapter.name = self.name
 
     @classmethod
     def from_pretrained(cls, name: str, source: str = "auto", **kwargs: Any) -> "Explainer":
@@ -50,14 +52,26 @@ class Explainer:
     def labels(self) -> dict[int, str]:
         return self.adapter.labels
 
-    def explain(self, inputs: Any, method: str = "transformer_attribution", target: Target | list[Target] = None,
+    def explain(self, inputs: Any = None, method: str | None = None, target: Any = None,
                 *, text_pair: Any = None, start_layer: int = 0, batch_size: int = 16,
-                progress: bool | None = None) -> Explanation | list[Explanation]:
+                progress: bool | None = None, **multimodal_inputs: Any) -> Explanation | list[Explanation]:
         """Explain one input (returns an Explanation) or several (returns a list), ``batch_size`` per pass.
 
         ``target``: a class index or label name, ``None`` for the predicted class, or one per input.
+        ``method`` defaults to ``transformer_attribution`` for classifiers and ``generic`` for image-text models.
+        Image-text models take keywords instead: ``image=``, ``text=`` (CLIP), ``question=`` (VQA),
+        ``caption=`` (captioning).
         """
-        method_impl = get_method(method)(start_layer=start_layer)
+        if isinstance(self.adapter, MultimodalAdapter):
+            if inputs is not None:
+                raise InputError(f"{self.adapter.family} models take keyword inputs: "
+                                 "explain(image=..., text=... / question=... / caption=...).")
+            method_impl = get_method(method or "generic")(start_layer=start_layer)
+            return self.adapter.explain(method_impl, target, **multimodal_inputs)
+        if multimodal_inputs:
+            raise InputError(f"Unexpected keywords {sorted(multimodal_inputs)}: this is a "
+                             f"{self.adapter.modality} classifier; pass its inputs as the first argument.")
+        method_impl = get_method(method or "transformer_attribution")(start_layer=start_layer)
         single, items = _as_items(inputs)
         pairs = None if text_pair is None else ([text_pair] if single else list(text_pair))
         targets = _per_item(target, len(items))

@@ -31,6 +31,26 @@ def library_versions() -> dict[str, str]:
 
 
 @dataclass
+class CaptionStep:
+    """One generated (or given) caption token and what it rests on."""
+
+    token: str
+    token_id: int
+    log_prob: float
+    heatmap: np.ndarray  # image relevance on the patch grid
+    text_scores: np.ndarray  # relevance of the tokens before this one (the prompt/BOS included)
+    text_tokens: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CaptionStep":
+        return cls(**{**data, "heatmap": np.asarray(data["heatmap"], dtype=np.float32),
+                      "text_scores": np.asarray(data["text_scores"], dtype=np.float32)})
+
+
+@dataclass
 class Explanation:
     """Relevance for one input and one target.
 
@@ -53,12 +73,19 @@ class Explanation:
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None  # the text paired with the image (CLIP) or the question (VQA)
+    similarity: float | None = None  # image-text cosine similarity (CLIP)
+    answer: str | None = None  # the explained answer (VQA)
+    caption: str | None = None  # the explained caption (captioning); see ``steps``
+    steps: list[CaptionStep] | None = None
     versions: dict[str, str] = field(default_factory=library_versions)
 
     def __repr__(self) -> str:
         what = f"heatmap={self.heatmap.shape}" if self.heatmap is not None else f"tokens={len(self.tokens)}"
+        extra = "".join(f", {name}={value!r}" for name, value in (("text", self.text), ("answer", self.answer),
+                                                                   ("caption", self.caption)) if value is not None)
         return (f"Explanation(method={self.method!r}, target={self.target} ({self.label!r}), "
-                f"probability={self.probability:.3f}, {what})")
+                f"probability={self.probability:.3f}, {what}{extra})")
 
     # --- display ------------------------------------------------------------------------------
     def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
@@ -100,6 +127,8 @@ class Explanation:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAY_FIELDS if getattr(self, name) is not None}
         meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
+        if self.steps is not None:
+            meta["steps"] = [step.to_json() for step in self.steps]
         np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
         return path
 
@@ -107,6 +136,8 @@ class Explanation:
     def load(cls, path: str | Path) -> "Explanation":
         with np.load(Path(path), allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
+            if meta.get("steps") is not None:
+                meta["steps"] = [CaptionStep.from_json(step) for step in meta["steps"]]
             arrays = {name: data[name] for name in _ARRAY_FIELDS if name in data.files}
         return cls(**meta, **arrays)
 

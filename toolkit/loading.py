@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .adapters import supported_families
 from .errors import ModelLoadError, UnsupportedModelError
 
 _OFFLINE_HINT = (
@@ -33,14 +34,20 @@ def _describe_hub_failure(name: str, error: BaseException) -> str:
 
 
 def load_huggingface(name: str, **kwargs: Any):
-    """A stock HF classifier (text or image) loaded with eager attention, and its tokenizer or processor."""
+    """A stock HF model loaded with eager attention, and its tokenizer or processor: a sequence or image
+    classifier, or an image-text model one of the multimodal adapters knows."""
     from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification,
                               AutoModelForSequenceClassification, AutoTokenizer)
     from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
                                                         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
+    from .multimodal import MULTIMODAL_ADAPTERS
+
     try:
         config = AutoConfig.from_pretrained(name)
+        multimodal = next((a for a in MULTIMODAL_ADAPTERS if config.model_type in a.model_types), None)
+        if multimodal is not None:
+            return multimodal.load(name, **kwargs)
         if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not (
                 config.model_type in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES):
             model = AutoModelForImageClassification.from_pretrained(name, attn_implementation="eager", **kwargs)
@@ -50,7 +57,9 @@ def load_huggingface(name: str, **kwargs: Any):
             processor = AutoTokenizer.from_pretrained(name)
         else:
             raise UnsupportedModelError(
-                f"{name!r} is a {config.model_type!r} model, which is neither a sequence nor an image classifier.")
+                f"{name!r} is a {config.model_type!r} model, which is neither a sequence nor an image classifier "
+                "nor an image-text model the toolkit knows. Supported families:\n  - "
+                + "\n  - ".join(supported_families()))
     except (UnsupportedModelError, TypeError):
         raise
     except (OSError, ValueError) as error:

@@ -19,12 +19,19 @@ def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
     return adapter
 
 
+def _all_adapters() -> list[type]:
+    from ..multimodal import MULTIMODAL_ADAPTERS
+
+    return [*ADAPTERS, *MULTIMODAL_ADAPTERS]
+
+
 def supported_families() -> list[str]:
-    return [f"{a.family}: {a.examples}" for a in ADAPTERS]
+    return [f"{a.family}: {a.examples}" for a in _all_adapters()]
 
 
-def adapter_for(model: nn.Module, processor: Any = None) -> ModelAdapter:
-    for adapter in ADAPTERS:
+def adapter_for(model: nn.Module, processor: Any = None):
+    """The adapter (classifier or image-text) that knows ``model``'s architecture."""
+    for adapter in _all_adapters():
         if adapter.matches(model):
             return adapter(model, processor)
     model_type = getattr(getattr(model, "config", None), "model_type", None)

@@ -16,6 +16,11 @@ from .capture import Recorder
 from .spec import LayerSpec, ModelSpec
 
 
+def head_mean_positive(values: torch.Tensor) -> torch.Tensor:
+    """mean over heads (dim 1) of max(values, 0): the head-averaging used by both Chefer et al. papers."""
+    return values.clamp(min=0).mean(dim=1)
+
+
 def propagate_row(readout: torch.Tensor, maps: list[torch.Tensor], start_layer: int = 0,
                   add_identity: bool = True, normalise_rows: bool = False) -> torch.Tensor:
     """readout^T (M_L ... M_start) with M_l = maps[l] (+ I) (rows normalised), as a (B, N) row."""

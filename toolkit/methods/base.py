@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.propagation import propagate_row
+from ..core.propagation import head_mean_positive, propagate_row  # noqa: F401  (re-exported for methods)
 from ..core.trace import Trace
 from ..errors import InputError
 
@@ -61,7 +61,3 @@ class RowPropagation(Method):
         matrices = [self.layer_matrix(trace, layer) for layer in range(start, trace.num_layers)]
         return propagate_row(trace.readout, matrices, normalise_rows=self.normalise_rows)
 
-
-def head_mean_positive(values: torch.Tensor) -> torch.Tensor:
-    """mean over heads of max(values, 0): the head-averaging used by both Chefer et al. papers."""
-    return values.clamp(min=0).mean(dim=1)

@@ -1,0 +1,121 @@
+"""Hugging Face CLIPModel: image-side and text-side relevance for the similarity of each (image, text) pair."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+from ..explanation import Explanation
+from ..methods import Method
+from .base import AttentionSite, MultimodalAdapter, second_output, to_numpy
+
+
+def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
+    """Every (image, text) pair, image-major: explain(image=[a, b], text=[x, y]) gives ax, ay, bx, by."""
+    return [(i, t) for i in range(len(images)) for t in range(len(texts))]
+
+
+def text_list(text: Any) -> list[str]:
+    texts = [text] if isinstance(text, str) else list(text or [])
+    if not texts:
+        raise InputError("No text given: pass text='a caption' or a list of texts.")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str) or not item.strip():
+            raise InputError(f"Text #{index} is empty or not a string.")
+    return texts
+
+
+def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: list, texts: list[str],
+                            pairs: list[tuple[int, int]], image_rel: torch.Tensor, text_rel: torch.Tensor,
+                            text_tokens: list[list[str]], text_valid: torch.Tensor, logits: torch.Tensor,
+                            similarity: torch.Tensor, grid: tuple[int, int], prefix: int, shown: list) -> list:
+    """One Explanation per pair; the probability is the softmax over the texts given for that image."""
+    logits_np, sims = to_numpy(logits), to_numpy(similarity)
+    explanations = []
+    for b, (i, t) in enumerate(pairs):
+        same_image = [k for k, (ii, _) in enumerate(pairs) if ii == i]
+        probabilities = np.exp(logits_np[same_image] - logits_np[same_image].max())
+        probability = float(probabilities[same_image.index(b)] / probabilities.sum())
+        valid = to_numpy(text_valid[b]).astype(bool)
+        explanations.append(Explanation(
+            method=method.name, model=adapter.name, target=t, label=texts[t], probability=probability,
+            scores=to_numpy(text_rel[b])[valid], tokens=text_tokens[b],
+            heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid), image=shown[i], text=texts[t],
+            similarity=float(sims[b]), options=method.options()))
+    return explanations
+
+
+class HFCLIPAdapter(MultimodalAdapter):
+    family = "hf-clip"
+    task = "image-text similarity"
+    examples = "Hugging Face CLIPModel (openai/clip-vit-*)"
+    model_types = ("clip",)
+    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return type(model).__name__ == "CLIPModel"
+
+    @classmethod
+    def load(cls, name: str, **kwargs):
+        from transformers import AutoProcessor, CLIPModel
+
+        return CLIPModel.from_pretrained(name, attn_implementation="eager", **kwargs), AutoProcessor.from_pretrained(name)
+
+    def sites(self) -> list[AttentionSite]:
+        vision = [AttentionSite(layer.self_attn, second_output, "image", "image")
+                  for layer in self.model.vision_model.encoder.layers]
+        text = [AttentionSite(layer.self_attn, second_output, "text", "text")
+                for layer in self.model.text_model.encoder.layers]
+        return vision + text
+
+    def _eot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Where CLIP's text tower reads its pooled output (as CLIPTextTransformer does)."""
+        eos = self.model.text_model.eos_token_id
+        if eos == 2:
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids.to(torch.int) == eos).int().argmax(dim=-1)
+
+    def explain(self, method: Method, target: Any, image: Any = None, text: Any = None) -> list:
+        self.check_method(method)
+        if target is not None:
+            raise InputError("CLIP explains the similarity of each (image, text) pair; `target` is not used.")
+        images, texts = self.images(image), text_list(text)
+        pairs = pair_grid(images, texts)
+        processor = self.processor
+        pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = pixels[[i for i, _ in pairs]].to(self.device)
+        enc = processor.tokenizer([texts[t] for _, t in pairs], padding=True, truncation=True,
+                                  return_tensors="pt").to(self.device)
+
+        def run():
+            out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
+            return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
+
+        captured = self.capture(run, method.needs_gradients)
+        batch = len(pairs)
+        patches = captured.probs[0].shape[-1]
+        image_mask = torch.ones(batch, patches, dtype=torch.bool, device=self.device)
+        image_content = image_mask.clone()
+        image_content[:, 0] = False
+        image_rel = self.stream_relevance(method, captured, "image", torch.zeros(batch, dtype=torch.long,
+                                                                                 device=self.device),
+                                          image_mask, image_content)
+        text_mask = enc["attention_mask"].bool()
+        special = torch.tensor([processor.tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+                                for ids in enc["input_ids"].tolist()], device=self.device).bool()
+        text_rel = self.stream_relevance(method, captured, "text", self._eot_positions(enc["input_ids"]),
+                                         text_mask, text_mask & ~special)
+        tokens = [processor.tokenizer.convert_ids_to_tokens(ids[mask]) for ids, mask in
+                  zip(enc["input_ids"].cpu(), text_mask.cpu())]
+        side = int(round((patches - 1) ** 0.5))
+        mean = np.asarray(processor.image_processor.image_mean, dtype=np.float32)
+        std = np.asarray(processor.image_processor.image_std, dtype=np.float32)
+        shown_pixels = to_numpy(pixels).transpose(0, 2, 3, 1) * std + mean
+        shown = {i: np.clip(shown_pixels[b] * 255 + 0.5, 0, 255).astype(np.uint8) for b, (i, _) in enumerate(pairs)}
+        logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
+        return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
+                                       captured.objective, logit, (side, side), 1, shown)
