@@ -35,17 +35,21 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, name: str, source: str = "auto", **kwargs: Any) -> "Explainer":
-        """Load ``name`` from the Hugging Face Hub or a local folder (``source="hf"``) or timm (``"timm"``).
+        """Load ``name`` from the Hugging Face Hub or a local folder (``source="hf"``), timm (``"timm"``)
+        or open_clip (``"open_clip"``, with ``pretrained=`` a tag, a local checkpoint file or None).
 
-        Extra keyword arguments go to the loader (``from_pretrained`` / ``timm.create_model``).
+        Extra keyword arguments go to the loader (``from_pretrained`` / ``timm.create_model`` /
+        ``open_clip.create_model_and_transforms``).
         """
         source = loading.guess_source(name) if source == "auto" else source
         if source in ("hf", "huggingface", "transformers"):
             model, processor = loading.load_huggingface(name, **kwargs)
         elif source == "timm":
             model, processor = loading.load_timm(name, **kwargs)
+        elif source == "open_clip":
+            model, processor = loading.load_open_clip(name, **kwargs)
         else:
-            raise InputError(f"Unknown source {source!r}; use 'hf' or 'timm' (or 'auto').")
+            raise InputError(f"Unknown source {source!r}; use 'hf', 'timm' or 'open_clip' (or 'auto').")
         return cls(model, processor, name=name)
 
     @property
@@ -107,16 +111,15 @@ class Explainer:
                     rec.record(module)
             if method.needs_gradients:
                 rec.start_graph_at(spec.layers[0].block)
-            with torch.set_grad_enabled(method.needs_gradients):
+            with torch.set_grad_enabled(method.needs_gradients):  # also under a caller's no_grad()
                 logits = self.adapter.logits(batch)
-            calls = [rec.attention_call(layer.attention, layer.call) for layer in spec.layers]
-            target_ids = self._resolve_targets(targets, logits)
-            trace = Trace(probs=[c.probs for c in calls], readout=spec.readout_weights(batch.token_mask),
-                          token_mask=batch.token_mask,
-                          content_mask=batch.content_mask)
-            if method.needs_gradients:
-                objective = logits.gather(1, target_ids[:, None]).sum()
-                trace.grads = list(torch.autograd.grad(objective, [c.live for c in calls]))
+                calls = [rec.attention_call(layer.attention, layer.call) for layer in spec.layers]
+                target_ids = self._resolve_targets(targets, logits)
+                trace = Trace(probs=[c.probs for c in calls], readout=spec.readout_weights(batch.token_mask),
+                              token_mask=batch.token_mask, content_mask=batch.content_mask)
+                if method.needs_gradients:
+                    objective = logits.gather(1, target_ids[:, None]).sum()
+                    trace.grads = list(torch.autograd.grad(objective, [c.live for c in calls]))
             if method.needs_lrp:
                 lowest = method.lowest_lrp_layer(len(spec.layers))
                 first, trace.attention_relevance = lrp_through_layers(
