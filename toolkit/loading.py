@@ -86,8 +86,42 @@ def load_timm(name: str, pretrained: bool = True, **kwargs: Any):
         ) from error
 
 
+def load_open_clip(name: str, pretrained: str | None = "openai", **kwargs: Any):
+    """An open_clip model and its (eval transform, tokenizer); ``pretrained``: a tag, a local checkpoint
+    file, or None for random weights (no download)."""
+    import open_clip
+
+    if not name.startswith(("hf-hub:", "local-dir:")):  # names with a schema bring their own weights
+        builtin = name.replace("/", "-")
+        if builtin not in open_clip.list_models():
+            close = difflib.get_close_matches(builtin, open_clip.list_models(), n=3)
+            raise ModelLoadError(f"Unknown open_clip model {name!r}."
+                                 + (f" Did you mean {', '.join(close)}?" if close else ""))
+        known = not pretrained or Path(pretrained).is_file() or open_clip.get_pretrained_cfg(builtin, pretrained)
+        if not known:
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(builtin)) or "none"
+            what = (f"No checkpoint file at {pretrained!r}" if Path(pretrained).suffix or os.sep in pretrained
+                    else f"{pretrained!r} is not a pretrained tag of open_clip's {name!r}")
+            raise ModelLoadError(f"{what}. pretrained= takes a tag ({tags}), a local checkpoint file, "
+                                 "or None for random weights.")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (OSError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"Could not load open_clip {name!r} with pretrained={pretrained!r}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}\n"
+            "If this machine is offline, run open_clip.create_model(name, pretrained=tag) once where there is "
+            "network (it caches the weights under ~/.cache/huggingface), copy the checkpoint file here and pass "
+            f"its path: Explainer.from_pretrained({name!r}, source='open_clip', "
+            "pretrained='/path/to/open_clip_model.safetensors') (a .bin or .pt file works too), "
+            "or pretrained=None for random weights."
+        ) from error
+    return model.eval(), (preprocess, tokenizer)
+
+
 def guess_source(name: str) -> str:
-    """'hf' for local folders and hub ids, 'timm' for names timm knows."""
+    """'hf' for local folders and hub ids, 'timm' for names timm knows, 'open_clip' for open_clip's."""
     if Path(name).is_dir():
         return "hf"
     try:
@@ -95,6 +129,13 @@ def guess_source(name: str) -> str:
 
         if "/" not in name and (name in timm.list_models() or name.split(".")[0] in timm.list_models()):
             return "timm"
+    except ImportError:
+        pass
+    try:
+        import open_clip
+
+        if name in open_clip.list_models():
+            return "open_clip"
     except ImportError:
         pass
     return "hf"

@@ -127,14 +127,14 @@ class MultimodalAdapter(ABC):
         with explicit_attention(self.model), Recorder(keep_gradients=needs_gradients) as rec:
             for site in sites:
                 rec.record_attention(site.module, site.extract)
-            with torch.set_grad_enabled(needs_gradients):
+            with torch.set_grad_enabled(needs_gradients):  # also under a caller's no_grad()
                 outputs, objective = run()
-            calls = [rec.attention_call(site.module, site.call) for site in sites]
-            captured = Captured(outputs, objective, [c.probs.float() for c in calls])
-            if needs_gradients:
-                grads = torch.autograd.grad(objective.sum(), [c.live for c in calls], allow_unused=True)
-                captured.grads = [torch.zeros_like(p) if g is None else g.float()
-                                  for g, p in zip(grads, captured.probs)]
+                calls = [rec.attention_call(site.module, site.call) for site in sites]
+                captured = Captured(outputs, objective, [c.probs.float() for c in calls])
+                if needs_gradients:
+                    grads = torch.autograd.grad(objective.sum(), [c.live for c in calls], allow_unused=True)
+                    captured.grads = [torch.zeros_like(p) if g is None else g.float()
+                                      for g, p in zip(grads, captured.probs)]
         return captured
 
     # --- reading relevance ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
-from .base import AttentionSite, MultimodalAdapter, second_output, to_numpy
+from .base import AttentionSite, Captured, MultimodalAdapter, second_output, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -46,6 +46,24 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
             heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid), image=shown[i], text=texts[t],
             similarity=float(sims[b]), options=method.options()))
     return explanations
+
+
+def class_token_relevance(adapter: MultimodalAdapter, method: Method, captured: Captured, batch: int) -> torch.Tensor:
+    """Image-side relevance (B, N) read at the class token (index 0), the patches being the content."""
+    index = next(i for i, site in enumerate(adapter.sites()) if site.query == "image")
+    image_mask = torch.ones(batch, captured.probs[index].shape[-1], dtype=torch.bool, device=adapter.device)
+    patches = image_mask.clone()
+    patches[:, 0] = False
+    return adapter.stream_relevance(method, captured, "image", torch.zeros(batch, dtype=torch.long,
+                                                                           device=adapter.device),
+                                    image_mask, patches)
+
+
+def shown_images(pixels: torch.Tensor, pairs: list[tuple[int, int]], mean: Any, std: Any) -> dict[int, np.ndarray]:
+    """Each image as the model saw it (uint8 HxWx3): the per-pair pixels with the normalisation undone."""
+    shown = (to_numpy(pixels).transpose(0, 2, 3, 1) * np.asarray(std, dtype=np.float32)
+             + np.asarray(mean, dtype=np.float32))
+    return {i: np.clip(shown[b] * 255 + 0.5, 0, 255).astype(np.uint8) for b, (i, _) in enumerate(pairs)}
 
 
 class HFCLIPAdapter(MultimodalAdapter):
@@ -96,14 +114,7 @@ class HFCLIPAdapter(MultimodalAdapter):
             return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
 
         captured = self.capture(run, method.needs_gradients)
-        batch = len(pairs)
-        patches = captured.probs[0].shape[-1]
-        image_mask = torch.ones(batch, patches, dtype=torch.bool, device=self.device)
-        image_content = image_mask.clone()
-        image_content[:, 0] = False
-        image_rel = self.stream_relevance(method, captured, "image", torch.zeros(batch, dtype=torch.long,
-                                                                                 device=self.device),
-                                          image_mask, image_content)
+        image_rel = class_token_relevance(self, method, captured, len(pairs))
         text_mask = enc["attention_mask"].bool()
         special = torch.tensor([processor.tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
                                 for ids in enc["input_ids"].tolist()], device=self.device).bool()
@@ -111,11 +122,8 @@ class HFCLIPAdapter(MultimodalAdapter):
                                          text_mask, text_mask & ~special)
         tokens = [processor.tokenizer.convert_ids_to_tokens(ids[mask]) for ids, mask in
                   zip(enc["input_ids"].cpu(), text_mask.cpu())]
-        side = int(round((patches - 1) ** 0.5))
-        mean = np.asarray(processor.image_processor.image_mean, dtype=np.float32)
-        std = np.asarray(processor.image_processor.image_std, dtype=np.float32)
-        shown_pixels = to_numpy(pixels).transpose(0, 2, 3, 1) * std + mean
-        shown = {i: np.clip(shown_pixels[b] * 255 + 0.5, 0, 255).astype(np.uint8) for b, (i, _) in enumerate(pairs)}
+        side = int(round((image_rel.shape[-1] - 1) ** 0.5))
+        shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
         return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
                                        captured.objective, logit, (side, side), 1, shown)

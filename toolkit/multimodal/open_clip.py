@@ -1,0 +1,154 @@
+"""open_clip CLIP models with ViT towers: image-side and text-side relevance for the similarity of each
+(image, text) pair.
+
+open_clip calls ``torch.nn.MultiheadAttention`` with ``need_weights=False``, so the attention
+probabilities never leave the module. During the explained pass only, a forward pre-hook asks each
+module for its per-head weights; the tensor it returns is a view of the softmax output that
+multiplies the values, and that output (its ``_base``) is what the gradients are taken against.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+
+from ..errors import InputError, UnsupportedModelError
+from ..methods import Method
+from .base import AttentionSite, Captured, MultimodalAdapter
+from .clip import class_token_relevance, pair_grid, shown_images, similarity_explanations, text_list
+
+_PROCESSOR_HINT = ("pass open_clip's (preprocess, tokenizer) pair: model, _, preprocess = "
+                   "open_clip.create_model_and_transforms(name, pretrained=...); "
+                   "Explainer(model, (preprocess, open_clip.get_tokenizer(name))).")
+
+
+def softmax_output(output: tuple) -> torch.Tensor:
+    """The (B·H, Nq, Nk) softmax output MultiheadAttention used; its returned (B, H, Nq, Nk) weights are a
+    view of it. The fused fast path (taken without gradients) returns the weights themselves."""
+    weights = output[1]
+    return weights if weights._base is None else weights._base
+
+
+def per_head(maps: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+    return [m.reshape(batch, -1, *m.shape[-2:]) for m in maps]
+
+
+@contextlib.contextmanager
+def attention_weights_returned(modules: list[nn.Module]) -> Iterator[None]:
+    """Make every MultiheadAttention in ``modules`` compute and return per-head weights inside the block.
+
+    With gradients on and a frozen model (nothing requires grad), the query becomes a leaf that does,
+    so that the attention maps are in a graph with the similarity."""
+
+    def ask_for_weights(module, args, kwargs):
+        kwargs = {**kwargs, "need_weights": True, "average_attn_weights": False}
+        query = args[0]
+        if torch.is_grad_enabled() and not query.requires_grad:
+            leaf = query.detach().requires_grad_()
+            args = tuple(leaf if value is query else value for value in args)  # keeps q is k is v
+        return args, kwargs
+
+    handles = [module.register_forward_pre_hook(ask_for_weights, with_kwargs=True) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def unsupported_part(model: nn.Module) -> str | None:
+    """Why this open_clip model cannot be explained, or None when it can."""
+    from open_clip import CLIP
+    from open_clip.transformer import VisionTransformer
+
+    if not isinstance(model, CLIP):
+        return f"it is a {type(model).__name__}, not an open_clip CLIP with its own text transformer"
+    visual = model.visual
+    if not isinstance(visual, VisionTransformer):
+        return f"its image tower is a {type(visual).__name__}, not a ViT"
+    if visual.attn_pool is not None or visual.pool_type != "tok":
+        return "its image tower pools its tokens instead of reading the class token"
+    if model.text_pool_type not in ("argmax", "eos") or model.attn_mask is None:
+        return (f"its text tower reads with pool type {model.text_pool_type!r}"
+                f"{'' if model.attn_mask is not None else ' and no causal mask'}, not at the end-of-text token")
+    blocks = [*visual.transformer.resblocks, *model.transformer.resblocks]
+    custom = sorted({type(b.attn).__name__ for b in blocks if not isinstance(b.attn, nn.MultiheadAttention)})
+    if custom:
+        return (f"its blocks use open_clip's {', '.join(custom)} (qk-norm / scaled-cosine blocks), "
+                "whose fused attention exposes no probabilities")
+    return None
+
+
+class OpenCLIPAdapter(MultimodalAdapter):
+    family = "open_clip"
+    task = "image-text similarity"
+    examples = "open_clip CLIP with ViT towers (ViT-B-32, ViT-B-16, ViT-L-14, ...; OpenAI, LAION, DataComp weights)"
+    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+
+    def __init__(self, model: nn.Module, processor: Any = None):
+        reason = unsupported_part(model)
+        if reason is not None:
+            raise UnsupportedModelError(
+                f"This open_clip model cannot be explained: {reason}. Supported: open_clip CLIP models whose "
+                "image and text towers are transformers of torch.nn.MultiheadAttention blocks, the image read "
+                "at its class token (ViT-B-32, ViT-B-16, ViT-L-14, ...).")
+        if not (isinstance(processor, (tuple, list)) and len(processor) == 2 and all(map(callable, processor))):
+            raise InputError("open_clip models need their image transform and tokenizer: " + _PROCESSOR_HINT)
+        super().__init__(model, processor)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return type(model).__module__.split(".")[0] == "open_clip" and hasattr(model, "encode_image")
+
+    def sites(self) -> list[AttentionSite]:
+        vision = [AttentionSite(block.attn, softmax_output, "image", "image")
+                  for block in self.model.visual.transformer.resblocks]
+        text = [AttentionSite(block.attn, softmax_output, "text", "text") for block in self.model.transformer.resblocks]
+        return vision + text
+
+    def _eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Where the text tower reads its pooled output (as open_clip's text_global_pool does)."""
+        if self.model.text_pool_type == "argmax":
+            return ids.argmax(dim=-1)
+        return (ids == self.model.text_eos_id).int().argmax(dim=-1)
+
+    def _capture(self, run, needs_gradients: bool, batch: int) -> Captured:
+        with attention_weights_returned([site.module for site in self.sites()]):
+            captured = self.capture(run, needs_gradients)
+        captured.probs = per_head(captured.probs, batch)
+        if captured.grads is not None:
+            captured.grads = per_head(captured.grads, batch)
+        return captured
+
+    def explain(self, method: Method, target: Any, image: Any = None, text: Any = None) -> list:
+        self.check_method(method)
+        if target is not None:
+            raise InputError("CLIP explains the similarity of each (image, text) pair; `target` is not used.")
+        images, texts = self.images(image), text_list(text)
+        pairs = pair_grid(images, texts)
+        preprocess, tokenizer = self.processor
+        pixels = torch.stack([preprocess(im) for im in images])[[i for i, _ in pairs]].to(self.device)
+        ids = tokenizer([texts[t] for _, t in pairs]).to(self.device)
+
+        def run():
+            cosine = (self.model.encode_image(pixels, normalize=True)
+                      * self.model.encode_text(ids, normalize=True)).sum(-1)
+            return cosine, cosine * self.model.logit_scale.exp()
+
+        batch = len(pairs)
+        captured = self._capture(run, method.needs_gradients, batch)
+        image_rel = class_token_relevance(self, method, captured, batch)
+        eot = self._eot_positions(ids)
+        positions = torch.arange(ids.shape[1], device=self.device).expand(batch, -1)
+        text_mask = positions <= eot[:, None]  # later tokens are padding the causal mask hides from the read-out
+        content = text_mask & (positions > 0) & (positions < eot[:, None])  # without start and end of text
+        text_rel = self.stream_relevance(method, captured, "text", eot, text_mask, content)
+        tokens = [[tokenizer.decode([i]).strip() for i in row[:end + 1]] for row, end in
+                  zip(ids.tolist(), eot.tolist())]
+        normalise = next((t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"), None)
+        mean, std = (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0)
+        return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
+                                       captured.objective, captured.outputs, self.model.visual.grid_size, 1,
+                                       shown_images(pixels, pairs, mean, std))
