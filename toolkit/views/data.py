@@ -1,0 +1,346 @@
+"""Run a stock model once and collect what the attention views draw.
+
+Attention weights come from the model's own ``output_attentions`` (timm ViTs: a hook on the
+attention dropout, which receives the softmax output). Query/key vectors for the neuron view come
+from forward hooks on the stock query/key projections, located through a small per-family table.
+Nothing here copies model code.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.explicit_attention import explicit_attention
+from ..errors import InputError, UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class NeuronData:
+    """Query/key vectors of one attention stack and what turns them into scores (the neuron view)."""
+
+    queries: np.ndarray  # [layer, head, query, head_dim]
+    keys: np.ndarray  # [layer, head, key, head_dim]
+    scales: np.ndarray  # [layer]: each attention module's own scaling of q·k
+    causal: np.ndarray  # [layer] bool: whether the module hides later keys
+    position_bias: np.ndarray | None  # [head, query, key], added at every layer (T5), or None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """[layer, head, query, key]: q·k × scale + position bias, -inf where the causal mask hides the key."""
+        scores = self.queries @ self.keys.swapaxes(-1, -2) * self.scales[:, None, None, None]
+        if self.position_bias is not None:
+            scores = scores + self.position_bias
+        future = np.triu(np.ones(scores.shape[-2:], dtype=bool), 1)
+        return np.where(self.causal[:, None, None, None] & future, -np.inf, scores).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AttentionStack:
+    """The attention weights of one stack (BERT's layers, T5's cross-attention...) and the tokens on each side."""
+
+    name: str
+    label: str
+    query_tokens: list[str]
+    key_tokens: list[str]
+    weights: np.ndarray  # [layer, head, query, key]; each row sums to 1
+    query_b_start: int | None = None  # first token of sentence B, for sentence-pair inputs
+    key_b_start: int | None = None
+    neurons: NeuronData | None = None
+
+
+@dataclass(frozen=True)
+class ImageAttention:
+    """Attention of a Vision Transformer: prefix tokens ([CLS]...) first, then patches row by row."""
+
+    weights: np.ndarray  # [layer, head, token, token]
+    grid: tuple[int, int]  # patch rows, patch columns
+    prefix_tokens: int
+    pixels: np.ndarray  # uint8 [height, width, 3]: the model's input, rescaled for display
+
+
+# (model output field, stack name, label, side of the queries, side of the keys)
+_OUTPUT_STACKS = (
+    ("attentions", "self", "Self-attention", "input", "input"),
+    ("encoder_attentions", "encoder", "Encoder self-attention", "input", "input"),
+    ("decoder_attentions", "decoder", "Decoder self-attention", "target", "target"),
+    ("cross_attentions", "cross", "Cross-attention (decoder → encoder)", "target", "input"),
+)
+
+
+@dataclass(frozen=True)
+class QueryKeyLayout:
+    """Where a model family keeps its attention modules and their query/key projections."""
+
+    stacks: dict[str, str]  # stack name -> pattern of attention-module names; group 1 is the layer
+    query: str  # attribute of the attention module holding the query projection
+    key: str  # key projection; the same attribute when q, k, v come out of one fused projection
+
+
+QUERY_KEY_LAYOUTS: dict[str, QueryKeyLayout] = {
+    "bert": QueryKeyLayout({"self": r"encoder\.layer\.(\d+)\.attention\.self"}, "query", "key"),
+    "gpt2": QueryKeyLayout({"self": r"h\.(\d+)\.attn"}, "c_attn", "c_attn"),
+    "t5": QueryKeyLayout(
+        {
+            "encoder": r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention",
+            "decoder": r"decoder\.block\.(\d+)\.layer\.0\.SelfAttention",
+            "cross": r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention",
+        },
+        "q",
+        "k",
+    ),
+    "bart": QueryKeyLayout(
+        {
+            "encoder": r"encoder\.layers\.(\d+)\.self_attn",
+            "decoder": r"decoder\.layers\.(\d+)\.self_attn",
+            "cross": r"decoder\.layers\.(\d+)\.encoder_attn",
+        },
+        "q_proj",
+        "k_proj",
+    ),
+}
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode (attention dropout would corrupt the weights), eager attention, no autograd; all restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with explicit_attention(model), torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class _QueryKeyCapture:
+    """Forward hooks on the stock query/key projections of every attention module; removed on exit, always."""
+
+    def __init__(self, model: nn.Module):
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        layout = QUERY_KEY_LAYOUTS.get(model_type)
+        if layout is None:
+            raise UnsupportedModelError(
+                f"The neuron view knows where queries and keys live for {sorted(QUERY_KEY_LAYOUTS)}, "
+                f"not for model type {model_type!r}. Head and model views work for it."
+            )
+        fused = layout.query == layout.key
+        self.roles = {"fused": layout.query} if fused else {"query": layout.query, "key": layout.key}
+        self.attention_modules = {stack: _modules_by_layer(model, pattern) for stack, pattern in layout.stacks.items()}
+        self.projections: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> "_QueryKeyCapture":
+        try:
+            for stack, modules in self.attention_modules.items():
+                for layer, attention in enumerate(modules):
+                    for role, attribute in self.roles.items():
+                        projection = getattr(attention, attribute)
+                        self._handles.append(projection.register_forward_hook(self._recorder(stack, layer, role)))
+        except BaseException:
+            self._remove_hooks()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _recorder(self, stack: str, layer: int, role: str):
+        def record(module, inputs, output):
+            self.projections[(stack, layer, role)] = output[0].detach()
+
+        return record
+
+    def _vectors(self, stack: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query and key projections [tokens, heads × head_dim] of one layer."""
+        if "fused" in self.roles:  # one projection gives [q | k | v]
+            query, key, _ = self.projections[(stack, layer, "fused")].chunk(3, dim=-1)
+            return query, key
+        return self.projections[(stack, layer, "query")], self.projections[(stack, layer, "key")]
+
+    @torch.no_grad()
+    def neuron_data(self, stack: str, weights: np.ndarray) -> NeuronData:
+        """Split the captured projections into heads and score them exactly as the stock module does."""
+        modules = self.attention_modules.get(stack, [])
+        n_layers, n_heads, n_queries, n_keys = weights.shape
+        if len(modules) != n_layers:
+            raise UnsupportedModelError(
+                f"Found {len(modules)} attention modules for the {stack!r} stack but the model returned "
+                f"{n_layers} layers of attention: the query/key layout does not fit this model."
+            )
+        queries, keys = [], []
+        for layer in range(n_layers):
+            query, key = self._vectors(stack, layer)
+            queries.append(query.float().reshape(n_queries, n_heads, -1).transpose(0, 1))
+            keys.append(key.float().reshape(n_keys, n_heads, -1).transpose(0, 1))
+        data = NeuronData(
+            queries=torch.stack(queries).numpy(),
+            keys=torch.stack(keys).numpy(),
+            scales=np.array([m.scaling for m in modules], dtype=np.float32),
+            causal=np.array([getattr(m, "is_causal", False) for m in modules]),
+            position_bias=_position_bias(modules, n_queries, n_keys),
+        )
+        reproduced = torch.softmax(torch.from_numpy(data.scores), dim=-1).numpy()
+        if not np.allclose(reproduced, weights, atol=1e-4):
+            raise UnsupportedModelError(
+                f"Queries and keys captured from the {stack!r} stack do not reproduce the model's attention "
+                "(rotary embeddings or another change after the projections?): the neuron view would mislead."
+            )
+        return data
+
+
+def _modules_by_layer(model: nn.Module, pattern: str) -> list[nn.Module]:
+    """Attention modules whose name ends with ``pattern``, ordered by the layer index it captures."""
+    matcher = re.compile(r"(?:^|\.)" + pattern + "$")
+    found = {}
+    for name, module in model.named_modules():
+        match = matcher.search(name)
+        if match:
+            found[int(match.group(1))] = module
+    return [found[layer] for layer in sorted(found)]
+
+
+def _position_bias(modules: list[nn.Module], n_queries: int, n_keys: int) -> np.ndarray | None:
+    """T5-style relative position bias [head, query, key], computed by the stock module; None where there is none."""
+    for module in modules:
+        if getattr(module, "has_relative_attention_bias", False):
+            return module.compute_bias(n_queries, n_keys)[0].float().numpy()
+    return None
+
+
+def _require_text(text, name: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{name} must be a non-empty string, got {text!r}.")
+
+
+def _check_length(model: nn.Module, n_tokens: int) -> None:
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(limit, int) and n_tokens > limit:
+        raise InputError(f"The text is {n_tokens} tokens long; this model takes at most {limit}.")
+
+
+def _sentence_b_start(encoding) -> int:
+    """Index of the first token of sentence B in a sentence-pair encoding."""
+    try:
+        sequence_ids = encoding.sequence_ids(0)
+    except ValueError as error:  # slow (Python) tokenizers do not track which sentence a token came from
+        raise InputError("Sentence pairs need a fast tokenizer, which marks where sentence B starts.") from error
+    return sequence_ids.index(1)
+
+
+def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None = None, *, with_neurons: bool = False) -> list[AttentionStack]:
+    """Every attention stack of ``model`` on the text.
+
+    Encoders and decoders read ``text_a`` (and the optional sentence pair ``text_b``); encoder-decoders
+    read ``text_a`` in the encoder and ``text_b`` in the decoder, which is then required.
+    """
+    _require_text(text_a, "text_a")
+    if text_b is not None:
+        _require_text(text_b, "text_b")
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        if text_b is None:
+            raise InputError("Encoder-decoder models need the decoder's text too: pass it as text_b.")
+        source = tokenizer(text_a, return_tensors="pt")
+        target = tokenizer(text_b, return_tensors="pt")
+        inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"], "decoder_input_ids": target["input_ids"]}
+        sides = {"input": source["input_ids"][0], "target": target["input_ids"][0]}
+        b_start = None
+    else:
+        encoding = tokenizer(text_a, text_b, return_tensors="pt")
+        accepted = inspect.signature(model.forward).parameters
+        inputs = {key: value for key, value in encoding.items() if key in accepted}
+        sides = {"input": encoding["input_ids"][0]}
+        b_start = None if text_b is None else _sentence_b_start(encoding)
+    for ids in sides.values():
+        _check_length(model, len(ids))
+    tokens = {side: tokenizer.convert_ids_to_tokens(ids.tolist()) for side, ids in sides.items()}
+
+    capture = _QueryKeyCapture(model) if with_neurons else contextlib.nullcontext()
+    with _inference(model), capture:
+        outputs = model(**inputs, output_attentions=True)
+
+    stacks = []
+    for field, name, label, query_side, key_side in _OUTPUT_STACKS:
+        attentions = getattr(outputs, field, None)
+        if not attentions:
+            continue
+        weights = torch.stack([layer[0] for layer in attentions]).float().numpy()
+        stacks.append(
+            AttentionStack(
+                name=name,
+                label=label,
+                query_tokens=tokens[query_side],
+                key_tokens=tokens[key_side],
+                weights=weights,
+                query_b_start=b_start,
+                key_b_start=b_start,
+                neurons=capture.neuron_data(name, weights) if with_neurons else None,
+            )
+        )
+    if not stacks:
+        raise UnsupportedModelError(f"{type(model).__name__} returned no attention weights with output_attentions=True.")
+    return stacks
+
+
+def _timm_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """timm attention blocks: their ``attn_drop`` receives the softmax output on the non-fused path."""
+    return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool) and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+
+
+def _patch_size(model: nn.Module) -> tuple[int, int]:
+    size = getattr(getattr(model, "config", None), "patch_size", None)
+    if size is None:
+        size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if size is None:
+        raise UnsupportedModelError(f"{type(model).__name__} has no patch size (config.patch_size or patch_embed.patch_size): is it a Vision Transformer?")
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _display_pixels(pixel_values: torch.Tensor) -> np.ndarray:
+    """The model's input as an 8-bit image: normalisation is affine per channel, so min-max undoes it."""
+    image = pixel_values[0].float()
+    low = image.amin(dim=(1, 2), keepdim=True)
+    high = image.amax(dim=(1, 2), keepdim=True)
+    scaled = (image - low) / (high - low).clamp_min(1e-6)
+    return (scaled * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def image_attention(model: nn.Module, pixel_values: torch.Tensor) -> ImageAttention:
+    """Attention of a Hugging Face or timm Vision Transformer on ``pixel_values`` [1, 3, H, W]."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise InputError(f"pixel_values must be a tensor of shape [1, 3, height, width], got {shape}.")
+    timm_modules = _timm_attention_modules(model)
+    captured: list[torch.Tensor] = []
+    handles = [m.attn_drop.register_forward_hook(lambda _m, _i, output: captured.append(output)) for m in timm_modules]
+    try:
+        with _inference(model):
+            if timm_modules:
+                model(pixel_values)
+            else:
+                captured = list(getattr(model(pixel_values=pixel_values, output_attentions=True), "attentions", None) or [])
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not captured:
+        raise UnsupportedModelError(f"{type(model).__name__} returned no attention weights.")
+    weights = torch.stack([layer[0] for layer in captured]).float().numpy()
+    patch_h, patch_w = _patch_size(model)
+    grid = (pixel_values.shape[2] // patch_h, pixel_values.shape[3] // patch_w)
+    prefix = weights.shape[-1] - grid[0] * grid[1]
+    if prefix < 0:
+        raise UnsupportedModelError(f"{weights.shape[-1]} tokens cannot cover a {grid[0]}×{grid[1]} patch grid: not a plain ViT.")
+    return ImageAttention(weights=weights, grid=grid, prefix_tokens=prefix, pixels=_display_pixels(pixel_values))
