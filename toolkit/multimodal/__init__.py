@@ -1,8 +1,13 @@
 """Image-text models: CLIP similarity, visual question answering and captioning."""
 from .base import AttentionSite, MultimodalAdapter
+from .blip import BlipCaptioningAdapter, BlipVQAAdapter
 from .clip import HFCLIPAdapter
+from .git import GitCaptioningAdapter
 from .open_clip import OpenCLIPAdapter
+from .vision_encoder_decoder import VisionEncoderDecoderAdapter
 
-MULTIMODAL_ADAPTERS: list[type[MultimodalAdapter]] = [HFCLIPAdapter, OpenCLIPAdapter]
+MULTIMODAL_ADAPTERS: list[type[MultimodalAdapter]] = [HFCLIPAdapter, OpenCLIPAdapter,
+                                                       BlipCaptioningAdapter, BlipVQAAdapter,
+                                                       VisionEncoderDecoderAdapter, GitCaptioningAdapter]
 
 __all__ = ["AttentionSite", "MULTIMODAL_ADAPTERS", "MultimodalAdapter"]

@@ -1,0 +1,282 @@
+"""Captioning: the relevance behind every token of a generated or given caption (Chefer et al., ICCV 2021).
+
+Step t's target is log p(token_t | image, earlier tokens), read from the logits at the decoder position just
+before token t. Each step needs its own backward pass, so the caption is replicated once per step and every
+replica carries its own objective: one forward and one backward serve all steps of all captions of a call.
+A causal decoder's later tokens change nothing at an earlier position (neither its output nor, with zero
+gradient there, the gradient-weighted maps the rules use), so every replica holds the whole caption: a given
+caption is explained exactly as the same tokens were during generation.
+"""
+from __future__ import annotations
+
+import warnings
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..explanation import CaptionStep, Explanation
+from ..methods import Method
+from .base import Captured, MultimodalAdapter, to_numpy
+from .clip import shown_images
+
+
+@dataclass
+class ImageTextProcessor:
+    """An image processor and a tokenizer that ship separately (VisionEncoderDecoder checkpoints)."""
+
+    image_processor: Any
+    tokenizer: Any
+
+
+# --- helpers shared with BLIP VQA ------------------------------------------------------------------
+def string_list(value: Any, keyword: str) -> list[str]:
+    texts = [value] if isinstance(value, str) else list(value or [])
+    if not texts:
+        raise InputError(f"No {keyword} given: pass {keyword}='...' or a list of them.")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str) or not item.strip():
+            raise InputError(f"{keyword.capitalize()} #{index} is empty or not a string.")
+    return texts
+
+
+def reject_unknown(family: str, accepted: str, unknown: dict) -> None:
+    if unknown:
+        raise InputError(f"{family} models take {accepted}; got unexpected {sorted(unknown)}.")
+
+
+def reject_start_layer(method: Method) -> None:
+    """The bi-modal rules start from the first attention layer of every stream; there is no start_layer."""
+    if method.name == "generic" and method.start_layer:
+        raise InputError("start_layer is not used by the bi-modal / encoder-decoder rules of `generic` here "
+                         "(it applies to single-stream propagation such as CLIP's towers or rollout).")
+
+
+def processor_parts(processor: Any, family: str) -> tuple[Any, Any]:
+    image_processor, tokenizer = (getattr(processor, "image_processor", None), getattr(processor, "tokenizer", None))
+    if image_processor is None or tokenizer is None:
+        raise InputError(f"{family} needs a processor with an image processor and a tokenizer: "
+                         "Explainer(model, processor) or Explainer.from_pretrained(name).")
+    return image_processor, tokenizer
+
+
+def patch_layout(pixels: torch.Tensor, patch_size: int, image_tokens: int) -> tuple[tuple[int, int], int]:
+    """(patch grid, number of prefix tokens such as [CLS]) of a ViT-style image encoder's sequence."""
+    grid = (pixels.shape[-2] // patch_size, pixels.shape[-1] // patch_size)
+    return grid, image_tokens - grid[0] * grid[1]
+
+
+def image_token_names(prefix: int, grid: tuple[int, int]) -> list[str]:
+    names = ["[CLS]" if j == 0 else f"[prefix{j}]" for j in range(prefix)]
+    return names + [f"patch({r},{c})" for r in range(grid[0]) for c in range(grid[1])]
+
+
+def id_set(value: Any) -> set[int]:
+    return set() if value is None else {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}
+
+
+def rows_of(maps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """maps (B, N, M) read at one row per sample (B,) -> (B, M)."""
+    return maps[torch.arange(rows.shape[0], device=rows.device), rows]
+
+
+def patch_content(batch: int, image_tokens: int, prefix: int, device: torch.device) -> torch.Tensor:
+    content = torch.ones(batch, image_tokens, dtype=torch.bool, device=device)
+    content[:, :prefix] = False
+    return content
+
+
+@dataclass
+class StepBatch:
+    """Every step of every caption as one sample: the caption (prompt first) replicated once per step."""
+
+    input_ids: torch.Tensor  # (S, L), right-padded
+    attention_mask: torch.Tensor  # (S, L)
+    image_index: torch.Tensor  # (S,) which image the step belongs to
+    rows: torch.Tensor  # (S,) the position whose logits predict the step's token
+    targets: torch.Tensor  # (S,) the step's token id
+
+    @classmethod
+    def build(cls, sequences: list[list[int]], prompt_length: int, pad_id: int,
+              device: torch.device) -> "StepBatch":
+        length = max(len(s) for s in sequences)
+        ids, mask, image_index, rows, targets = [], [], [], [], []
+        for i, sequence in enumerate(sequences):
+            for position in range(prompt_length, len(sequence)):
+                ids.append(sequence + [pad_id] * (length - len(sequence)))
+                mask.append([1] * len(sequence) + [0] * (length - len(sequence)))
+                image_index.append(i)
+                rows.append(position - 1)
+                targets.append(sequence[position])
+
+        def long(values):
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(long(ids).reshape(-1, length), long(mask).reshape(-1, length), long(image_index), long(rows),
+                   long(targets))
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+
+class CaptioningAdapter(MultimodalAdapter):
+    """An image encoder and a causal text decoder; subclasses say how to generate and where attention lives.
+
+    ``explain(image=..., caption=None, max_new_tokens=20)`` gives one Explanation per image: ``caption``,
+    ``steps`` (one CaptionStep per caption token: its image heatmap, the relevance ``text_scores`` of the
+    tokens before it, prompt/BOS included), ``heatmap`` = the mean of the steps' heatmaps, and ``scores``
+    = the mean over steps of the relevance of every image-encoder token ([CLS] first, then patches).
+    ``probability`` = exp of the summed step log-probabilities (the caption's probability, end token not
+    included). The end-of-caption token is not a step: a caption is explained token by token (a caption
+    the model ends at once has no steps, and no heatmap).
+    """
+
+    task = "image captioning"
+
+    # --- family specifics -------------------------------------------------------------------------
+    @abstractmethod
+    def patch_size(self) -> int: ...
+
+    @abstractmethod
+    def prompt_ids(self) -> list[int]:
+        """The tokens a caption follows (BOS / decoder start), as the stock ``generate`` starts."""
+
+    @abstractmethod
+    def end_ids(self) -> set[int]:
+        """Tokens that end a generated caption."""
+
+    @abstractmethod
+    def generate(self, pixels: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """The stock greedy ``generate``: (B, prompt + new tokens)."""
+
+    @abstractmethod
+    def text_logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The stock forward's logits at the text positions (B, L, V)."""
+
+    def relevance(self, method: Method, captured: Captured, steps: StepBatch, image_tokens: int,
+                  prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image-encoder token relevance (S, N_image), text relevance (S, L)) of each step at its row.
+
+        Encoder-decoder form: image self-attention, then per decoder layer causal self-attention and
+        cross-attention to the image."""
+        batch, length = steps.input_ids.shape
+        visible = steps.attention_mask.bool() & (torch.arange(length, device=self.device) <= steps.rows[:, None])
+        if method.name == "generic":
+            state = self.generic_state(captured, {"image": image_tokens, "text": length}, batch)
+            return rows_of(state["text", "image"], steps.rows), rows_of(state["text", "text"], steps.rows)
+        image = self.last_cross_attention(method, captured, "text", "image", steps.rows,
+                                          patch_content(batch, image_tokens, prefix, self.device))
+        text = self.stream_relevance(method, captured, "text", steps.rows, steps.attention_mask.bool(), visible)
+        return image, text
+
+    # --- shared ---------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return processor_parts(self.processor, self.family)[1]
+
+    @property
+    def pad_id(self) -> int:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
+    def pixel_values(self, images: list) -> torch.Tensor:
+        image_processor = processor_parts(self.processor, self.family)[0]
+        pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, next(self.model.parameters()).dtype)
+
+    def generated_captions(self, pixels: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
+        """Greedy captions from the stock ``generate`` (no gradients), cut at the first end token."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}.")
+        with torch.no_grad():
+            sequences = self.generate(pixels, max_new_tokens)
+        start, ends = len(self.prompt_ids()), self.end_ids()
+        captions = []
+        for sequence in sequences[:, start:].tolist():
+            cut = next((k for k, token in enumerate(sequence) if token in ends), len(sequence))
+            captions.append(sequence[:cut])
+        return captions
+
+    def given_captions(self, caption: Any, count: int) -> list[list[int]]:
+        """Token ids of the given caption(s): a string or token ids for every image, or a list of one per image."""
+        per_image = isinstance(caption, (list, tuple)) and caption and not isinstance(caption[0], (int, np.integer))
+        captions = list(caption) if per_image else [caption] * count
+        if len(captions) != count:
+            raise InputError(f"{len(captions)} captions given for {count} images: pass one per image, or one for all.")
+        vocab = self.model.config.get_text_config(decoder=True).vocab_size
+        token_ids = []
+        for index, item in enumerate(captions):
+            if isinstance(item, str):
+                ids = self.tokenizer(string_list(item, "caption")[0], add_special_tokens=False)["input_ids"]
+            elif isinstance(item, (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in item):
+                ids = [int(t) for t in item]
+            else:
+                raise InputError(f"Caption #{index} must be a string or a list of token ids; "
+                                 f"got {type(item).__name__}.")
+            if not ids:
+                raise InputError(f"Caption #{index} has no tokens.")
+            if not all(0 <= t < vocab for t in ids):
+                raise InputError(f"Caption #{index} has token ids outside the vocabulary (0..{vocab - 1}).")
+            token_ids.append(ids)
+        return token_ids
+
+    def explain(self, method: Method, target: Any, image: Any = None, caption: Any = None,
+                max_new_tokens: int = 20, **unknown) -> Explanation | list[Explanation]:
+        """Explain every token of the greedy caption of each image, or of ``caption`` (a string or token ids,
+        one for all images or one per image) by teacher forcing. A single image gives one Explanation."""
+        reject_unknown(self.family, "image=, caption= and max_new_tokens=", unknown)
+        self.check_method(method)
+        reject_start_layer(method)
+        if target is not None:
+            raise InputError("Captioning explains every token of a caption; choose it with caption=..., not target.")
+        single = not isinstance(image, (list, tuple))
+        images = self.images(image)
+        pixels = self.pixel_values(images)
+        captions = (self.generated_captions(pixels, max_new_tokens) if caption is None
+                    else self.given_captions(caption, len(images)))
+        prompt = self.prompt_ids()
+        sequences = [prompt + c for c in captions]
+        steps = StepBatch.build(sequences, len(prompt), self.pad_id, self.device)
+        step_pixels = pixels[steps.image_index]
+
+        def run():
+            logits = self.text_logits(step_pixels, steps.input_ids, steps.attention_mask)
+            log_probs = rows_of(logits, steps.rows).float().log_softmax(-1)
+            return logits, log_probs.gather(1, steps.targets[:, None])[:, 0]
+
+        if len(steps):
+            captured = self.capture(run, method.needs_gradients)
+            image_tokens = captured.probs[0].shape[-1]
+            grid, prefix = patch_layout(pixels, self.patch_size(), image_tokens)
+            image_rel, text_rel = (to_numpy(r) for r in self.relevance(method, captured, steps, image_tokens, prefix))
+            log_probs = to_numpy(captured.objective)
+        image_processor = processor_parts(self.processor, self.family)[0]
+        shown = shown_images(pixels, [(i, 0) for i in range(len(images))], image_processor.image_mean,
+                             image_processor.image_std)
+        owners, rows = steps.image_index.tolist(), steps.rows.tolist()
+        options = {**method.options(), **({"max_new_tokens": max_new_tokens} if caption is None else {})}
+        explanations = []
+        for i, sequence in enumerate(sequences):
+            members = [s for s, owner in enumerate(owners) if owner == i]
+            text = self.tokenizer.decode(sequence[len(prompt):], skip_special_tokens=True).strip()
+            common = dict(method=method.name, model=self.name, target=i, label=text, image=shown[i], caption=text,
+                          options=options)
+            if not members:
+                warnings.warn(f"The caption of image #{i} ended at once: there is no token to explain.", stacklevel=3)
+                explanations.append(Explanation(probability=1.0, scores=np.zeros(0, np.float32), steps=[], **common))
+                continue
+            names = self.tokenizer.convert_ids_to_tokens(sequence)
+            step_list = [CaptionStep(token=names[rows[s] + 1], token_id=sequence[rows[s] + 1],
+                                     log_prob=float(log_probs[s]),
+                                     heatmap=image_rel[s, prefix:].reshape(grid).astype(np.float32),
+                                     text_scores=text_rel[s, :rows[s] + 1].astype(np.float32),
+                                     text_tokens=names[:rows[s] + 1]) for s in members]
+            scores = image_rel[members].mean(0).astype(np.float32)
+            explanations.append(Explanation(
+                probability=float(np.exp(sum(step.log_prob for step in step_list))), scores=scores,
+                tokens=image_token_names(prefix, grid), heatmap=scores[prefix:].reshape(grid), steps=step_list,
+                **common))
+        return explanations[0] if single else explanations
