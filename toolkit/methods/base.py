@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.propagation import head_mean_positive, propagate_row  # noqa: F401  (re-exported for methods)
+from ..core.propagation import propagate_row
 from ..core.trace import Trace
 from ..errors import InputError
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 
 from ..core.trace import Trace
-from .base import RowPropagation, head_mean_positive
+from ..core.propagation import head_mean_positive
+from .base import RowPropagation
 from .registry import register
 
 

@@ -28,6 +28,16 @@ def text_list(text: Any) -> list[str]:
     return texts
 
 
+def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, image: Any,
+                      text: Any) -> tuple[list, list[str], list[tuple[int, int]]]:
+    """The checks every CLIP family makes; returns (images, texts, pairs)."""
+    adapter.check_method(method)
+    if target is not None:
+        raise InputError("CLIP explains the similarity of each (image, text) pair; `target` is not used.")
+    images, texts = adapter.images(image), text_list(text)
+    return images, texts, pair_grid(images, texts)
+
+
 def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: list, texts: list[str],
                             pairs: list[tuple[int, int]], image_rel: torch.Tensor, text_rel: torch.Tensor,
                             text_tokens: list[list[str]], text_valid: torch.Tensor, logits: torch.Tensor,
@@ -98,11 +108,7 @@ class HFCLIPAdapter(MultimodalAdapter):
         return (input_ids.to(torch.int) == eos).int().argmax(dim=-1)
 
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None) -> list:
-        self.check_method(method)
-        if target is not None:
-            raise InputError("CLIP explains the similarity of each (image, text) pair; `target` is not used.")
-        images, texts = self.images(image), text_list(text)
-        pairs = pair_grid(images, texts)
+        images, texts, pairs = similarity_inputs(self, method, target, image, text)
         processor = self.processor
         pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         pixels = pixels[[i for i, _ in pairs]].to(self.device)

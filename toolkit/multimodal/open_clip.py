@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..errors import InputError, UnsupportedModelError
 from ..methods import Method
 from .base import AttentionSite, Captured, MultimodalAdapter
-from .clip import class_token_relevance, pair_grid, shown_images, similarity_explanations, text_list
+from .clip import class_token_relevance, shown_images, similarity_explanations, similarity_inputs
 
 _PROCESSOR_HINT = ("pass open_clip's (preprocess, tokenizer) pair: model, _, preprocess = "
                    "open_clip.create_model_and_transforms(name, pretrained=...); "
@@ -123,11 +123,7 @@ class OpenCLIPAdapter(MultimodalAdapter):
         return captured
 
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None) -> list:
-        self.check_method(method)
-        if target is not None:
-            raise InputError("CLIP explains the similarity of each (image, text) pair; `target` is not used.")
-        images, texts = self.images(image), text_list(text)
-        pairs = pair_grid(images, texts)
+        images, texts, pairs = similarity_inputs(self, method, target, image, text)
         preprocess, tokenizer = self.processor
         pixels = torch.stack([preprocess(im) for im in images])[[i for i, _ in pairs]].to(self.device)
         ids = tokenizer([texts[t] for _, t in pairs]).to(self.device)
