@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import render
 
-_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens")
+_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens", "boxes")
 
 
 def library_versions() -> dict[str, str]:
@@ -78,6 +78,7 @@ class Explanation:
     answer: str | None = None  # the explained answer (VQA)
     caption: str | None = None  # the explained caption (captioning); see ``steps``
     steps: list[CaptionStep] | None = None
+    boxes: np.ndarray | None = None  # (R, 4) x1, y1, x2, y2 of image regions; ``heatmap`` is then (R,) (LXMERT)
     versions: dict[str, str] = field(default_factory=library_versions)
 
     def __repr__(self) -> str:
@@ -89,9 +90,12 @@ class Explanation:
 
     # --- display ------------------------------------------------------------------------------
     def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
-        """The model's view of the image with the heatmap upsampled and blended in (RGB PIL image)."""
+        """The model's view of the image with the heatmap upsampled and blended in (RGB PIL image);
+        region relevance (``boxes``) is painted over each region's box."""
         if self.heatmap is None or self.image is None:
             raise ValueError("overlay() needs an image explanation; use to_html() for text.")
+        if self.boxes is not None:
+            return render.region_overlay(self.image, self.boxes, self.heatmap, alpha=alpha, colormap=colormap)
         return render.heatmap_overlay(self.image, self.heatmap, alpha=alpha, colormap=colormap)
 
     def to_html(self, level: str = "words") -> str:

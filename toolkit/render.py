@@ -32,6 +32,23 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, 
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 
 
+def region_overlay(image: np.ndarray, boxes: np.ndarray, relevance: np.ndarray, alpha: float = 0.5,
+                   colormap: str = "jet") -> Image.Image:
+    """Region relevance painted over the image: each pixel takes the highest relevance of the boxes
+    (x1, y1, x2, y2 in pixels) that cover it, pixels outside every box zero (or the lowest relevance if that is
+    negative); then blended in like a heatmap."""
+    image = np.asarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    relevance = np.nan_to_num(np.asarray(relevance, dtype=np.float32))
+    painted = np.full((height, width), float(relevance.min(initial=0.0)), dtype=np.float32)
+    for (x1, y1, x2, y2), value in zip(np.asarray(boxes, dtype=np.float32), relevance):
+        top, bottom = int(np.clip(np.floor(y1), 0, height)), int(np.clip(np.ceil(y2), 0, height))
+        left, right = int(np.clip(np.floor(x1), 0, width)), int(np.clip(np.ceil(x2), 0, width))
+        region = painted[top:bottom, left:right]
+        np.maximum(region, value, out=region)
+    return heatmap_overlay(image, painted, alpha=alpha, colormap=colormap)
+
+
 def scores_html(pieces: list[str], scores: np.ndarray, title: str = "") -> str:
     """Inline HTML: each piece on a red (positive) or blue (negative) background.
 

@@ -1,0 +1,189 @@
+"""ViLT visual question answering: one transformer over [question tokens; image [CLS]; image patches].
+
+A single self-attention stream (modality ``joint``), so every classifier method applies as it does to a
+ViT or BERT classifier: the relevance row of the pooled token (position 0, the question's [CLS]) read over
+the question tokens (``scores``) and over the patches (``heatmap``, on the patch grid).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import InputError, UnsupportedModelError
+from ..explanation import Explanation
+from ..methods import Method
+from .base import AttentionSite, MultimodalAdapter, second_output, to_numpy
+from .captioning import processor_parts, reject_unknown, string_list
+from .clip import shown_images
+
+
+# --- helpers shared with LXMERT ----------------------------------------------------------------
+def pair_up(visuals: int, questions: int) -> list[tuple[int, int]]:
+    """(visual input, question) pairs: one image for many questions, one question for many images,
+    or two lists of equal length paired in order."""
+    if visuals == 1 or questions == 1 or visuals == questions:
+        return [(k if visuals > 1 else 0, k if questions > 1 else 0) for k in range(max(visuals, questions))]
+    raise InputError(f"{visuals} images and {questions} questions: pass one image for all questions, "
+                     "one question for all images, or as many images as questions (paired in order).")
+
+
+def check_load(name: str, architecture: str) -> None:
+    """Refuse checkpoints of the same family saved without a VQA head (their answer layer would be random)."""
+    from transformers import AutoConfig
+
+    saved = AutoConfig.from_pretrained(name).architectures or []
+    if saved and architecture not in saved:
+        raise UnsupportedModelError(f"{name!r} is a {', '.join(saved)} checkpoint; the toolkit explains "
+                                    f"{architecture} (a visual question answering head).")
+
+
+def answer_targets(target: Any, count: int, labels: dict[int, str], num_answers: int) -> list[int | None]:
+    """One answer index per pair (None: the predicted answer), from None, an index, an answer name,
+    or a list of these, one per pair."""
+    targets = list(target) if isinstance(target, (list, tuple)) else [target] * count
+    if len(targets) != count:
+        raise InputError(f"{len(targets)} targets given for {count} (image, question) pairs.")
+    names = {name: index for index, name in labels.items()}
+    examples = ", ".join(repr(labels.get(i, str(i))) for i in range(min(num_answers, 8)))
+    resolved: list[int | None] = []
+    for item in targets:
+        if isinstance(item, str):
+            if item not in names:
+                close = difflib.get_close_matches(item, list(names), n=5)
+                hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"answers include {examples}."
+                raise InputError(f"Unknown answer {item!r} for this model ({num_answers} answers); {hint}")
+            item = names[item]
+        elif item is not None and (isinstance(item, bool) or not isinstance(item, (int, np.integer))):
+            raise InputError(f"target must be an answer index, an answer name or None; got {item!r}.")
+        if item is not None and not 0 <= int(item) < num_answers:
+            raise InputError(f"target {item} is out of range: this model has {num_answers} answers "
+                             f"(0..{num_answers - 1}: {examples}, ...).")
+        resolved.append(None if item is None else int(item))
+    return resolved
+
+
+def chosen_answers(targets: list[int | None], logits: torch.Tensor) -> torch.Tensor:
+    """The answer index of each pair: the given one, or the highest-scoring answer."""
+    predicted = logits.detach().argmax(-1)
+    return torch.tensor([int(p) if t is None else t for t, p in zip(targets, predicted.tolist())],
+                        device=logits.device)
+
+
+def answer_labels(config: Any, num_answers: int) -> dict[int, str]:
+    """config.id2label when it names every answer (it may hold generic names of another head's size)."""
+    id2label = getattr(config, "id2label", None) or {}
+    return {int(k): v for k, v in id2label.items()} if len(id2label) == num_answers else {}
+
+
+def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+                         for ids in input_ids.tolist()], device=input_ids.device).bool()
+
+
+class ViltVQAAdapter(MultimodalAdapter):
+    """``explain(image=..., question=..., target=None)``: one Explanation per (image, question) pair
+    (a single one for one image and one question); one forward and one backward for the batch.
+
+    ``answer`` / ``label`` name the explained answer (the predicted one, or ``target``: an answer name or
+    index); ``probability`` is its sigmoid score (ViLT's VQA head is trained as multi-label); the objective is
+    its logit. ``heatmap``: relevance of the patches on the patch grid (ViLT keeps each image's aspect ratio,
+    so grids need not be square); ``tokens`` / ``scores``: the question's tokens and their relevance.
+    """
+
+    family = "vilt-vqa"
+    task = "visual question answering"
+    examples = "Hugging Face ViltForQuestionAnswering (dandelin/vilt-b32-finetuned-vqa)"
+    model_types = ("vilt",)
+    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return type(model).__name__ == "ViltForQuestionAnswering"
+
+    @classmethod
+    def load(cls, name: str, **kwargs):
+        from transformers import ViltForQuestionAnswering, ViltProcessor
+
+        check_load(name, "ViltForQuestionAnswering")
+        return (ViltForQuestionAnswering.from_pretrained(name, attn_implementation="eager", **kwargs),
+                ViltProcessor.from_pretrained(name))
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return answer_labels(self.model.config, self.model.config.num_labels)
+
+    def sites(self) -> list[AttentionSite]:
+        return [AttentionSite(layer.attention.attention, second_output, "joint", "joint")
+                for layer in self.model.vilt.encoder.layer]
+
+    def explain(self, method: Method, target: Any, image: Any = None, question: Any = None,
+                **unknown) -> Explanation | list[Explanation]:
+        reject_unknown(self.family, "image= and question=", unknown)
+        self.check_method(method)
+        single = not isinstance(image, (list, tuple)) and isinstance(question, str)
+        images, questions = self.images(image), string_list(question, "question")
+        pairs = pair_up(len(images), len(questions))
+        num_answers = self.model.config.num_labels
+        targets = answer_targets(target, len(pairs), self.labels, num_answers)
+        image_processor, tokenizer = processor_parts(self.processor, self.family)
+        visual = image_processor(images=images, return_tensors="pt")
+        pixels = visual["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
+        pixel_mask = visual["pixel_mask"].to(self.device)
+        enc = tokenizer([questions[q] for _, q in pairs], padding=True, truncation=True,
+                        max_length=self.model.config.max_position_embeddings, return_tensors="pt").to(self.device)
+        # ViLT's embedding picks the patch tokens in a random order (torch.multinomial) and does not return
+        # where each came from: its own visual_embed, called here, gives the tokens and their grid positions.
+        with torch.no_grad():
+            image_embeds, image_mask, (patch_index, _) = self.model.vilt.embeddings.visual_embed(
+                pixels[[i for i, _ in pairs]], pixel_mask[[i for i, _ in pairs]],
+                max_image_length=self.model.config.max_image_length)
+
+        def run():
+            out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                             image_embeds=image_embeds, pixel_mask=image_mask, output_attentions=True)
+            return out, out.logits.gather(1, chosen_answers(targets, out.logits)[:, None])[:, 0]
+
+        captured = self.capture(run, method.needs_gradients)
+        answers = chosen_answers(targets, captured.outputs.logits).tolist()
+        text_mask, image_mask = enc["attention_mask"].bool(), image_mask.bool()
+        patches = image_mask.clone()
+        patches[:, 0] = False  # the image [CLS]
+        relevance = self.stream_relevance(
+            method, captured, "joint", torch.zeros(len(pairs), dtype=torch.long, device=self.device),
+            torch.cat([text_mask, image_mask], 1),
+            torch.cat([text_mask & ~special_tokens(tokenizer, enc["input_ids"]), patches], 1))
+        length = text_mask.shape[1]
+        heatmaps = [self._grid(relevance[b, length + 1:], patches[b, 1:], patch_index[b]) for b in range(len(pairs))]
+        shown = self._shown(pixels, pixel_mask, image_processor)
+        probabilities, labels = to_numpy(torch.sigmoid(captured.objective)), self.labels
+        explanations = []
+        for b, (i, q) in enumerate(pairs):
+            index = answers[b]
+            name = labels.get(index, str(index))
+            valid = text_mask[b].cpu()
+            explanations.append(Explanation(
+                method=method.name, model=self.name, target=index, label=name, probability=float(probabilities[b]),
+                scores=to_numpy(relevance[b, :length])[valid.numpy()],
+                tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
+                heatmap=heatmaps[b], image=shown[i], text=questions[q], answer=name, options=method.options()))
+        return explanations[0] if single else explanations
+
+    @staticmethod
+    def _grid(relevance: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
+        """Patch relevance (K,) placed on the image's patch grid by each token's (row, column)."""
+        rows, cols = positions[valid, 0], positions[valid, 1]
+        grid = torch.zeros(int(rows.max()) + 1, int(cols.max()) + 1, device=relevance.device)
+        grid[rows, cols] = relevance[valid].float()
+        return to_numpy(grid)
+
+    @staticmethod
+    def _shown(pixels: torch.Tensor, pixel_mask: torch.Tensor, image_processor: Any) -> list[np.ndarray]:
+        """Each image as the model saw it: resized, normalisation undone, batch padding cropped off."""
+        shown = shown_images(pixels, [(i, 0) for i in range(pixels.shape[0])], image_processor.image_mean,
+                             image_processor.image_std)
+        heights, widths = pixel_mask.any(2).sum(1).tolist(), pixel_mask.any(1).sum(1).tolist()
+        return [shown[i][:heights[i], :widths[i]] for i in range(pixels.shape[0])]
