@@ -85,6 +85,18 @@ def explain_command(args) -> int:
     return 0
 
 
+def benchmark_command(args) -> int:
+    """Every method on every built-in model over held-out scenes: ground-truth and perturbation metrics."""
+    from .evaluation.benchmark import BenchmarkSettings, run_benchmark
+
+    flags = {key: getattr(args, key) for key in ("scenes", "out", "models", "methods", "seed")
+             if getattr(args, key) is not None}
+    settings = BenchmarkSettings.from_yaml(args.config, **flags) if args.config else BenchmarkSettings(**flags)
+    run_benchmark(settings)
+    print(f"\nSaved benchmark.csv, benchmark.json, benchmark.txt and comparisons.csv in {settings.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="Explain transformer predictions.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=int, default=8, help="how many words to print")
     explain.add_argument("--random-weights", action="store_true", help="timm: random weights (no download)")
     explain.add_argument("--out", default="explanations", help="folder for .npz, .png and index.html")
+    benchmark = commands.add_parser("benchmark", help="score every method on the built-in models against "
+                                                      "the scenes' ground truth")
+    benchmark.add_argument("--config", help="YAML file whose keys are the options below (flags win)")
+    benchmark.add_argument("--scenes", type=int, help="held-out scenes per model (default 100)")
+    benchmark.add_argument("--out", help="folder for the csv, json and txt tables (default: benchmark)")
+    benchmark.add_argument("--models", help="comma-separated, from vit,clip,vilt,captioner (default: all)")
+    benchmark.add_argument("--methods", help="comma-separated (default: all; each model gets those it supports)")
+    benchmark.add_argument("--seed", type=int, help="seed of the held-out scenes (default 3)")
     commands.add_parser("methods", help="list the explanation methods")
     commands.add_parser("models", help="list the supported model families")
     return parser
@@ -114,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "explain":
             return explain_command(args)
+        if args.command == "benchmark":
+            return benchmark_command(args)
         if args.command == "methods":
             for name, summary in list_methods(details=True).items():
                 print(f"{name:24s} {summary}")

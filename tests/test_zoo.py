@@ -1,0 +1,107 @@
+"""The built-in models: they load offline, beat chance on held-out scenes, see the pixels they were trained on,
+and their recipes are seeded."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from toolkit import zoo
+from toolkit.scenes import LABEL_VALUES
+from toolkit.zoo import scene_captioner, scene_clip, scene_vilt, scene_vit
+from toolkit.zoo.common import VALIDATION_SEED, caption_objects, scene_pixels, scenes
+
+# Chance: the ViT picks one of 5 colours (0.2); CLIP tells a caption from a foil (0.5); ViLT answering each
+# question kind's most frequent answer is right on 0.45 of the questions (guessing uniformly: 0.33); a
+# captioner naming random (colour, shape) pairs names an object of the scene about 0.14 of the time.
+ABOVE_CHANCE = {"vit": 0.5, "clip": 0.6, "vilt": 0.45, "captioner": 0.2}
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return scenes(30, VALIDATION_SEED)
+
+
+def accuracy_of(name: str, model, processor, batch) -> float:
+    if name == "vit":
+        return scene_vit.accuracy(model, batch)
+    module = {"clip": scene_clip, "vilt": scene_vilt, "captioner": scene_captioner}[name]
+    return module.accuracy(model, processor.tokenizer, batch)
+
+
+@pytest.mark.parametrize("name", list(zoo.MODULES))
+def test_loaders_give_models_above_chance(name, held_out):
+    model, processor = zoo.load(name)
+    assert not model.training
+    assert accuracy_of(name, model, processor, held_out) > ABOVE_CHANCE[name]
+    stored = zoo.metadata(name)
+    assert stored["accuracy"] > ABOVE_CHANCE[name] and stored["recipe"]["seed"] == 0
+
+
+@pytest.mark.parametrize("name", ["clip", "vilt", "captioner"])
+def test_processors_give_the_training_pixels(name, held_out):
+    """Training reads scene_pixels directly; the shipped processors must give the very same input."""
+    _, processor = zoo.load(name)
+    images = [scene.image for scene in held_out[:3]]
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, scene_pixels(held_out[:3]))
+
+
+def test_vit_transform_gives_the_training_pixels(held_out):
+    _, transform = zoo.load("vit")
+    torch.testing.assert_close(torch.stack([transform(s.image) for s in held_out[:3]]), scene_pixels(held_out[:3]))
+
+
+def test_text_models_read_the_minilm_vocabulary():
+    for name in ("clip", "vilt", "captioner"):
+        model, processor = zoo.load(name)
+        assert model.config.get_text_config().vocab_size == processor.tokenizer.vocab_size == 30522
+
+
+@pytest.mark.parametrize("train", [scene_vit.train_scene_vit, scene_clip.train_scene_clip,
+                                   scene_vilt.train_scene_vilt, scene_captioner.train_scene_captioner])
+def test_recipes_are_seeded(train, tmp_path):
+    tiny = dict(steps=2, train_scenes=8, batch_size=4, validation_scenes=2)
+    first, second, other = (tmp_path / f"{n}.safetensors" for n in ("first", "second", "other"))
+    train(out=first, **tiny)
+    train(out=second, **tiny)
+    train(out=other, seed=1, **tiny)
+    a, b, c = (load_file(str(path)) for path in (first, second, other))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_foils_name_an_object_the_scene_lacks(held_out):
+    for scene in held_out[:10]:
+        for caption in scene.captions:
+            subject, reference = caption_objects(scene, caption)
+            assert caption.startswith(f"a {subject.colour} {subject.shape} ")
+            assert caption.endswith(f" a {reference.colour} {reference.shape}")
+            assert caption_objects(scene, scene_clip.foil(scene, caption, random.Random(0))) is None
+
+
+def test_vit_classes_are_the_labels_values():
+    model, _ = zoo.load("vit")
+    assert model.pretrained_cfg["label_names"] == list(LABEL_VALUES[scene_vit.TASK])
+
+
+@pytest.mark.parametrize("method", ["generic", "rollout", "raw_attention", "attention_gradcam"])
+def test_sentence_similarity_explains_both_sentences(method):
+    from toolkit.zoo.sentence_similarity import explain_similarity, load_minilm
+
+    encoder, tokenizer = load_minilm()
+    first, second = explain_similarity("a red circle on the left", "a crimson disc at the left side", method,
+                                       encoder, tokenizer)
+    assert first.tokens[1:-1] == ["a", "red", "circle", "on", "the", "left"] and first.scores.shape == (8,)
+    assert first.text == "a crimson disc at the left side" and first.similarity == pytest.approx(second.similarity)
+    with torch.no_grad():
+        embeddings = [encoder(**tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1)
+                      for t in (first.text, second.text)]
+    assert first.similarity == pytest.approx(float(torch.cosine_similarity(*embeddings)), abs=1e-5)
+    assert np.isfinite(first.scores).all() and first.scores.max() > 0
+    unrelated, _ = explain_similarity("a red circle on the left", "stock prices fell sharply", method,
+                                      encoder, tokenizer)
+    assert unrelated.similarity < first.similarity
