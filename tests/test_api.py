@@ -89,6 +89,23 @@ def test_unknown_timm_name_suggests_close_names():
         Explainer.from_pretrained("vit_base_patch16_224x", source="timm", pretrained=False)
 
 
+def test_timm_labels_come_from_label_names_or_imagenet():
+    from timm.models.vision_transformer import VisionTransformer
+
+    def tiny(**options):
+        model = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, **options).eval()
+        model.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0}
+        return model
+
+    torch.manual_seed(0)
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    model = tiny(num_classes=3)
+    assert Explainer(model).explain(image, target=1).label == "1"  # no names known: the index
+    model.pretrained_cfg["label_names"] = ["cat", "dog", "fox"]
+    assert Explainer(model).explain(image, target="Dog").label == "dog"
+    assert Explainer(tiny()).explain(image, target=1).label == "goldfish, Carassius auratus"  # 1000 classes
+
+
 def test_from_pretrained_local_folder_matches_in_memory(tmp_path, text_explainer, tokenizer):
     text_explainer.model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toolkit import zoo
+from toolkit import Explainer, zoo
 from toolkit.scenes import LABEL_VALUES, WORDS
 from toolkit.zoo import scene_captioner, scene_clip, scene_vilt, scene_vit
 from toolkit.zoo.common import VALIDATION_SEED, caption_objects, scene_pixels, scenes
@@ -124,9 +124,11 @@ def test_foils_name_an_object_the_scene_lacks(held_out):
             assert caption_objects(scene, scene_clip.foil(scene, caption, random.Random(0))) is None
 
 
-def test_vit_classes_are_the_labels_values():
-    model, _ = zoo.load("vit")
+def test_vit_classes_are_the_labels_values(held_out):
+    model, transform = zoo.load("vit")
     assert model.pretrained_cfg["label_names"] == list(LABEL_VALUES[scene_vit.TASK])
+    truth = held_out[0].labels[scene_vit.TASK].value
+    assert Explainer(model, transform).explain(held_out[0].image, target=truth).label == truth
 
 
 @pytest.mark.parametrize("method", ["generic", "rollout", "raw_attention", "attention_gradcam"])

@@ -181,6 +181,21 @@ class TimmViTAdapter(VisionTransformerAdapter):
             return False
         return isinstance(model, VisionTransformer) and all(isinstance(b.attn, Attention) for b in model.blocks)
 
+    @property
+    def labels(self) -> dict[int, str]:
+        """Class names from the model's pretrained config (``label_names``), else timm's ImageNet descriptions
+        when the classifier's size matches an ImageNet subset, else none."""
+        names = (getattr(self.model, "pretrained_cfg", None) or {}).get("label_names")
+        if names:
+            return {index: str(name) for index, name in enumerate(names)}
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(self.model)
+        if subset is None:
+            return {}
+        info = ImageNetInfo(subset)
+        return {index: info.index_to_description(index) for index in range(self.model.num_classes)}
+
     def patch_conv(self) -> nn.Conv2d:
         return self.model.patch_embed.proj
 
