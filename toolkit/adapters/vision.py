@@ -1,6 +1,7 @@
 """Vision Transformers: the shared image handling, and the Hugging Face (ViT, DeiT) and timm families."""
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -181,10 +182,11 @@ class TimmViTAdapter(VisionTransformerAdapter):
             return False
         return isinstance(model, VisionTransformer) and all(isinstance(b.attn, Attention) for b in model.blocks)
 
-    @property
+    @functools.cached_property
     def labels(self) -> dict[int, str]:
         """Class names from the model's pretrained config (``label_names``), else timm's ImageNet descriptions
-        when the classifier's size matches an ImageNet subset, else none."""
+        when the classifier's size matches an ImageNet subset, else none. Read once: ImageNet's descriptions
+        take tens of milliseconds to load, and every explanation asks for its label."""
         names = (getattr(self.model, "pretrained_cfg", None) or {}).get("label_names")
         if names:
             return {index: str(name) for index, name in enumerate(names)}

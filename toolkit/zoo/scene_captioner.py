@@ -27,7 +27,7 @@ MAX_NEW_TOKENS = 12  # the longest caption, "a purple triangle right of a yellow
 LAYER = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128)
 
 
-# Where the encoder keeps what the scene ViT holds (see :func:`.scene_vit.backbone_weights`).
+# Where the encoder keeps what the scene ViT holds (see :func:`.scene_vit.start_from_scene_vit`).
 _LAYER = "encoder.layers.{i}."
 BACKBONE_LAYOUT = {
     "patch_embed.proj": "encoder.embeddings.patch_embeddings.projection", "cls_token": "encoder.embeddings.cls_token",

@@ -104,8 +104,8 @@ def start_from_scene_vit(model: torch.nn.Module, layout: dict[str, str | tuple[s
     receiving = model.state_dict()
     if patch_bias_into is not None:
         bias = weights.pop(layout["patch_embed.proj"] + ".bias")
-        weights[patch_bias_into] = weights[patch_bias_into].reshape(receiving[patch_bias_into].shape).clone()
-        weights[patch_bias_into][..., 1:, :] += bias
+        weights[patch_bias_into] = weights[patch_bias_into].clone()
+        weights[patch_bias_into][..., 1:, :] += bias  # every token but the [CLS]
     weights = {name: tensor.reshape(receiving[name].shape) if name in receiving else tensor
                for name, tensor in weights.items()}
     unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
