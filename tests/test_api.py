@@ -146,7 +146,7 @@ def test_save_load_round_trip(tmp_path, text_explainer):
     np.testing.assert_array_equal(back.scores, exp.scores)
     np.testing.assert_array_equal(back.word_scores, exp.word_scores)
     assert (back.tokens, back.words, back.method, back.options) == (exp.tokens, exp.words, exp.method,
-                                                                    {"start_layer": 1})
+                                                                    {"start_layer": 1, "keep_identity": False})
     assert {"toolkit", "torch", "transformers"} <= set(back.versions)
 
 

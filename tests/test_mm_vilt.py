@@ -94,7 +94,7 @@ def test_questions_for_one_image_match_per_pair_reference(vilt, method, start):
     for exp, question in zip(exps, QUESTIONS):
         assert exp.heatmap.shape == (4, 6) and exp.image.shape == (32, 48, 3)
         assert_matches(exp, reference(model, processor, images[0], question, method, start_layer=start))
-    assert exps[0].options == ({"start_layer": start} if method in ("generic", "rollout") else {})
+    assert exps[0].options == ({"start_layer": start, "keep_identity": False} if method in ("generic", "rollout") else {})
 
 
 def test_paired_images_of_different_shapes_are_padding_invariant(vilt):

@@ -55,7 +55,7 @@ def explain_command(args) -> int:
     if args.text and args.image:
         raise ToolkitError("Give either --text or --image, not both: one model explains one kind of input.")
     explainer = _load(args)
-    method = args.method or ("generic" if args.model == OFFLINE_MODEL else "transformer_attribution")
+    method = args.method or explainer.default_method
     target = None if args.target is None else (int(args.target) if args.target.isdigit() else args.target)
     explanations = explainer.explain(list(inputs), method=method, target=target, start_layer=args.start_layer,
                                      batch_size=args.batch_size)
@@ -107,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--source", default="auto", choices=["auto", "hf", "timm"])
     explain.add_argument("--text", action="append", help="a text to explain (repeatable)")
     explain.add_argument("--image", action="append", help="an image file to explain (repeatable)")
-    explain.add_argument("--method", choices=list_methods(), help="default: transformer_attribution "
-                                                                   "(generic for the zero-shot model)")
+    explain.add_argument("--method", choices=list_methods(),
+                         help="default: the model's own (transformer_attribution where LRP applies, else generic)")
     explain.add_argument("--target", help="class index or label name (default: the predicted class)")
     explain.add_argument("--labels", help="zero-shot labels: 'positive=I loved it;negative=I hated it'")
     explain.add_argument("--start-layer", type=int, default=0)

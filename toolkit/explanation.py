@@ -101,16 +101,21 @@ class Explanation:
     def to_html(self, level: str = "words") -> str:
         """Plain HTML of the text: red for positive relevance, blue for negative.
 
-        ``level="words"`` shows whole words (special tokens left out), ``"tokens"`` every token.
+        ``level="words"`` shows whole words (special tokens left out), ``"tokens"`` every token. For image-text
+        models it shows the text side (the caption, the question).
         """
         if level not in ("words", "tokens"):
             raise ValueError("level must be 'words' or 'tokens'.")
         title = f"{self.method} | target: {self.label} (p={self.probability:.3f})"
         if level == "words" and self.words is not None:
             return render.scores_html(self.words, self.word_scores, title)
-        if not self.tokens or self.heatmap is not None:
-            raise ValueError("to_html() needs a text explanation; use overlay() for images.")
-        return render.scores_html(self.tokens, self.scores, title)
+        if not self.tokens or (self.heatmap is not None and self.text is None):  # an image classifier's patches
+            raise ValueError("to_html() needs a text explanation or an image-text one; use overlay() for images.")
+        pieces, scores = self.tokens, np.asarray(self.scores)
+        if level == "words" and self.special_tokens is not None:  # no words: the tokens, special ones left out
+            shown = ~np.asarray(self.special_tokens, dtype=bool)
+            pieces, scores = [piece for piece, keep in zip(pieces, shown) if keep], scores[shown]
+        return render.scores_html(pieces, scores, title)
 
     def _repr_html_(self) -> str:
         if self.heatmap is not None:

@@ -43,6 +43,24 @@ def to_rgb(image: Any, index: int = 0) -> Image.Image:
     return _mode_to_rgb(image)
 
 
+def image_size(image: Any) -> tuple[int, int] | None:
+    """(width, height) of an image given as a PIL image, an HxW(xC) array or a readable file; None otherwise
+    (tensors are already preprocessed, unreadable files are reported when they are explained)."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        channels_first = image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4)
+        height, width = image.shape[1:3] if channels_first else image.shape[:2]
+        return int(width), int(height)
+    if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
+        try:
+            with Image.open(image) as opened:
+                return opened.size
+        except Exception:  # noqa: BLE001 - unreadable files are reported by to_rgb with their path
+            return None
+    return None
+
+
 def _mode_to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         data = np.asarray(image, dtype=np.float64)

@@ -50,6 +50,24 @@ def group_words(tokens: list[str], special: list[bool], *, word_ids=None, sequen
     return {"words": words, "word_pieces": groups, "word_segments": segments}
 
 
+def encoded_words(encoding: Any, index: int, length: int, special: list[bool], texts: tuple) -> dict[str, list]:
+    """:func:`group_words` for row ``index`` of a fast tokenizer's batch encoding (with its
+    ``offset_mapping``), over its first ``length`` tokens; empty when the tokenizer is not a fast one."""
+    offsets = encoding.get("offset_mapping")
+    if offsets is None or not getattr(encoding, "is_fast", False):
+        return {}
+    return group_words([], special, word_ids=encoding.word_ids(index)[:length],
+                       sequence_ids=encoding.sequence_ids(index)[:length], offsets=offsets[index, :length].tolist(),
+                       texts=texts)
+
+
+def word_scores(scores: Any, word_pieces: list[list[int]]) -> Any:
+    """Each word's relevance: the sum over its pieces."""
+    import numpy as np
+
+    return np.array([scores[group].sum() for group in word_pieces], dtype=np.float32)
+
+
 def _segments_from_specials(groups: list[list[int]], special: list[bool]) -> list[int]:
     """Sentence index of each word, counting separator runs between content (for preprocessed pairs)."""
     segment, seen_content, boundary, result = 0, False, False, []

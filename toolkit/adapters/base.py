@@ -52,8 +52,9 @@ class ModelAdapter(ABC):
         """The layers and head of the model, as references to its own modules."""
 
     @abstractmethod
-    def prepare(self, inputs: Any, **kwargs) -> Batch:
-        """Turn raw or preprocessed inputs into a :class:`Batch`."""
+    def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
+        """Turn raw or preprocessed inputs into a :class:`Batch`; errors name inputs by their position in
+        the whole call (``first_index`` is the position of ``inputs[0]``)."""
 
     @abstractmethod
     def logits(self, batch: Batch) -> torch.Tensor:

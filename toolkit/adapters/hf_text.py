@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..core.capture import Recorder
 from ..core.spec import LayerSpec, ModelSpec
 from ..errors import InputError, UnsupportedModelError
-from ..text import group_words
+from ..text import encoded_words, group_words
 from .base import Batch, ModelAdapter
 
 
@@ -44,29 +44,24 @@ class HFSequenceClassifierAdapter(ModelAdapter):
     def _accepted(self) -> set[str]:
         return set(inspect.signature(self.model.forward).parameters)
 
-    def prepare(self, inputs: Any, text_pair: Any = None) -> Batch:
+    def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
         if torch.is_tensor(inputs) or isinstance(inputs, Mapping):
             return self._prepare_encoded(inputs)
-        firsts, seconds = _split_pairs(inputs, text_pair)
+        firsts, seconds = _split_pairs(inputs, text_pair, first_index)
         tok = self.tokenizer
         limit = min(tok.model_max_length, getattr(self.model.config, "max_position_embeddings", 10**9))
         lengths = [len(ids) for ids in tok(firsts, seconds, truncation=False)["input_ids"]]
         for index, length in enumerate(lengths):
             if length > limit:
-                warnings.warn(f"Text #{index} has {length} tokens; it is truncated to the model's limit of {limit}.",
-                              stacklevel=3)
+                warnings.warn(f"Text #{first_index + index} has {length} tokens; it is truncated to the model's "
+                              f"limit of {limit}.", stacklevel=5)
         fast = getattr(tok, "is_fast", False)
         enc = tok(firsts, seconds, padding=True, truncation=True, max_length=limit, return_tensors="pt",
                   return_offsets_mapping=fast)
-        offsets = enc.pop("offset_mapping", None)
         batch = self._prepare_encoded(enc)
         for i, sample in enumerate(batch.samples):
-            if fast:
-                valid = sample["length"]
-                sample.update(group_words(
-                    sample["tokens"], sample["special"],
-                    word_ids=enc.word_ids(i)[:valid], sequence_ids=enc.sequence_ids(i)[:valid],
-                    offsets=offsets[i, :valid].tolist(), texts=(firsts[i], seconds[i] if seconds else None)))
+            sample.update(encoded_words(enc, i, sample["length"], sample["special"],
+                                        (firsts[i], seconds[i] if seconds else None)))
             sample["text"] = firsts[i] if not seconds else (firsts[i], seconds[i])
         return batch
 
@@ -79,6 +74,12 @@ class HFSequenceClassifierAdapter(ModelAdapter):
             input_ids = input_ids.unsqueeze(0)
         if input_ids.numel() == 0 or input_ids.shape[1] == 0:
             raise InputError("The input_ids tensor is empty: there is no text to explain.")
+        if "attention_mask" not in encoded:
+            pad = getattr(self.tokenizer, "pad_token_id", None) if self.processor is not None else None
+            padded = int((input_ids == pad).sum()) if pad is not None else 0
+            warnings.warn("input_ids were given without an attention_mask: every position is treated as content, "
+                          f"padding included ({padded} padding token(s) found). Pass the tokenizer's "
+                          "attention_mask with the input_ids.", stacklevel=5)
         mask = torch.as_tensor(encoded.get("attention_mask", torch.ones_like(input_ids))).reshape(input_ids.shape)
         accepted = self._accepted()
         model_inputs = {k: torch.as_tensor(v).reshape(input_ids.shape).to(self.device)
@@ -112,7 +113,7 @@ class HFSequenceClassifierAdapter(ModelAdapter):
         return first_layer_relevance.sum(dim=-1)
 
 
-def _split_pairs(inputs: Any, text_pair: Any) -> tuple[list[str], list[str] | None]:
+def _split_pairs(inputs: Any, text_pair: Any, first_index: int = 0) -> tuple[list[str], list[str] | None]:
     """Normalise str / list / (a, b) pairs into parallel lists, refusing empty texts."""
     if isinstance(inputs, str) or (isinstance(inputs, tuple) and len(inputs) == 2
                                    and all(isinstance(t, str) for t in inputs)):
@@ -128,7 +129,7 @@ def _split_pairs(inputs: Any, text_pair: Any) -> tuple[list[str], list[str] | No
             raise InputError(f"text_pair has {len(pairs)} entries for {len(items)} texts.")
         items = list(zip(items, pairs))
     firsts, seconds = [], []
-    for index, item in enumerate(items):
+    for index, item in enumerate(items, start=first_index):
         first, second = item if isinstance(item, tuple) else (item, None)
         for part in (first, second):
             if part is not None and not isinstance(part, str):

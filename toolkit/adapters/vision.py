@@ -52,8 +52,8 @@ class VisionTransformerAdapter(ModelAdapter):
     def num_prefix_tokens(self) -> int:
         return self.prefix_tokens().shape[1]
 
-    def prepare(self, inputs: Any, **kwargs) -> Batch:
-        if kwargs.get("text_pair") is not None:
+    def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
+        if text_pair is not None:
             raise InputError("An image classifier takes no text_pair.")
         if torch.is_tensor(inputs):
             pixels = inputs.unsqueeze(0) if inputs.dim() == 3 else inputs
@@ -63,7 +63,7 @@ class VisionTransformerAdapter(ModelAdapter):
             images = inputs if isinstance(inputs, (list, tuple)) else [inputs]
             if not images:
                 raise InputError("No image given.")
-            pixels = self.preprocess([to_rgb(image, i) for i, image in enumerate(images)])
+            pixels = self.preprocess([to_rgb(image, i) for i, image in enumerate(images, start=first_index)])
         pixels = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
         stride = self.patch_conv().stride
         grid = (pixels.shape[2] // stride[0], pixels.shape[3] // stride[1])

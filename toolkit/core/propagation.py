@@ -37,6 +37,19 @@ def propagate_row(readout: torch.Tensor, maps: list[torch.Tensor], start_layer: 
     return row
 
 
+def identity_share(readout: torch.Tensor, maps: list[torch.Tensor], normalise_rows: bool = False) -> torch.Tensor:
+    """The part of :func:`propagate_row`'s result that flows through the identity of every layer.
+
+    With I added, that is the read-out row itself; with rows normalised, each layer scales token i's
+    identity path by 1 / (row sum of M_l + I)_i, and diagonal factors commute, so their product applies.
+    """
+    share = readout
+    if normalise_rows:
+        for matrix in maps:
+            share = share / (matrix.sum(dim=-1) + 1)
+    return share
+
+
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, _ = t.shape
     return t.reshape(b, n, heads, -1).transpose(1, 2)

@@ -25,3 +25,8 @@ class Trace:
     @property
     def num_layers(self) -> int:
         return len(self.probs)
+
+    @property
+    def pooled_readout(self) -> bool:
+        """Whether the prediction reads several token rows at once (mean pooling), not one token."""
+        return bool(((self.readout != 0).sum(dim=-1) > 1).any())

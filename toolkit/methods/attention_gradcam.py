@@ -19,6 +19,8 @@ class AttentionGradCAM(Method):
     name = "attention_gradcam"
     summary = "Grad-CAM on the last layer's attention: heads weighted by their mean gradient."
     needs_gradients = True
+    empty_reason = ("it keeps only positive gradient-weighted attention (clamped at zero), and every last-layer "
+                    "head's mean gradient was negative or zero for this target")
 
     def attribute(self, trace: Trace) -> torch.Tensor:
         probs_row = torch.einsum("bi,bhij->bhj", trace.readout, trace.probs[-1].float())

@@ -14,6 +14,7 @@ class TransformerAttribution(RowPropagation):
     summary = "Chefer et al. CVPR 2021: LRP relevance of each attention map times its gradient, propagated."
     needs_gradients = True
     needs_lrp = True
+    empty_reason = "the gradient-weighted LRP relevance of the attention maps was nowhere positive for this target"
 
     def lowest_lrp_layer(self, num_layers: int) -> int:
         return self.resolved_start(num_layers)

@@ -177,5 +177,10 @@ class MultimodalAdapter(ABC):
         return (weights * probs_row).mean(dim=1).clamp(min=0)
 
 
+def reject_unknown(family: str, accepted: str, unknown: dict) -> None:
+    if unknown:
+        raise InputError(f"{family} models take {accepted}; got unexpected {sorted(unknown)}.")
+
+
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()

@@ -12,9 +12,9 @@ import torch.nn as nn
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
-from .base import AttentionSite, MultimodalAdapter, second_output, to_numpy
-from .captioning import (CaptioningAdapter, patch_content, patch_layout, processor_parts,
-                         reject_start_layer, reject_unknown, string_list)
+from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
+from .captioning import (CaptioningAdapter, patch_content, patch_layout, processor_parts, reject_start_layer,
+                         string_list)
 from .clip import pair_grid, shown_images
 
 

@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
-from .base import Captured, MultimodalAdapter, to_numpy
+from .base import Captured, MultimodalAdapter, reject_unknown, to_numpy
 from .clip import shown_images
 
 
@@ -41,11 +41,6 @@ def string_list(value: Any, keyword: str) -> list[str]:
         if not isinstance(item, str) or not item.strip():
             raise InputError(f"{keyword.capitalize()} #{index} is empty or not a string.")
     return texts
-
-
-def reject_unknown(family: str, accepted: str, unknown: dict) -> None:
-    if unknown:
-        raise InputError(f"{family} models take {accepted}; got unexpected {sorted(unknown)}.")
 
 
 def reject_start_layer(method: Method) -> None:

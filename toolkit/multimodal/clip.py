@@ -10,7 +10,8 @@ import torch.nn as nn
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
-from .base import AttentionSite, Captured, MultimodalAdapter, second_output, to_numpy
+from ..text import encoded_words, word_scores
+from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -40,9 +41,13 @@ def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, i
 
 def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: list, texts: list[str],
                             pairs: list[tuple[int, int]], image_rel: torch.Tensor, text_rel: torch.Tensor,
-                            text_tokens: list[list[str]], text_valid: torch.Tensor, logits: torch.Tensor,
-                            similarity: torch.Tensor, grid: tuple[int, int], prefix: int, shown: list) -> list:
-    """One Explanation per pair; the probability is the softmax over the texts given for that image."""
+                            text_tokens: list[list[str]], text_valid: torch.Tensor, text_special: torch.Tensor,
+                            logits: torch.Tensor, similarity: torch.Tensor, grid: tuple[int, int], prefix: int,
+                            shown: list, options: dict, text_words: list[dict] | None = None) -> list:
+    """One Explanation per pair; the probability is the softmax over the texts given for that image.
+
+    ``text_special`` marks the start and end-of-text tokens (the latter is where the text is read out), which
+    displays leave out; ``text_words`` (from a fast tokenizer) groups the tokens into the caption's words."""
     logits_np, sims = to_numpy(logits), to_numpy(similarity)
     explanations = []
     for b, (i, t) in enumerate(pairs):
@@ -50,12 +55,24 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
         probabilities = np.exp(logits_np[same_image] - logits_np[same_image].max())
         probability = float(probabilities[same_image.index(b)] / probabilities.sum())
         valid = to_numpy(text_valid[b]).astype(bool)
+        scores = to_numpy(text_rel[b])[valid]
+        words = (text_words or [{}] * len(pairs))[b]
         explanations.append(Explanation(
             method=method.name, model=adapter.name, target=t, label=texts[t], probability=probability,
-            scores=to_numpy(text_rel[b])[valid], tokens=text_tokens[b],
+            scores=scores, tokens=text_tokens[b], special_tokens=to_numpy(text_special[b])[valid].astype(bool),
+            words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]) if words else None,
             heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid), image=shown[i], text=texts[t],
-            similarity=float(sims[b]), options=method.options()))
+            similarity=float(sims[b]), options=options))
     return explanations
+
+
+def text_side_method(method: Method, start_layer_text: int | None) -> tuple[Method, dict]:
+    """The method for the text tower (its own ``start_layer_text``, as the reference code's) and the options
+    to report."""
+    if start_layer_text is None:
+        return method, method.options()
+    text_method = method.with_start_layer(start_layer_text)
+    return text_method, {**method.options(), "start_layer_text": start_layer_text}
 
 
 def class_token_relevance(adapter: MultimodalAdapter, method: Method, captured: Captured, batch: int) -> torch.Tensor:
@@ -67,6 +84,19 @@ def class_token_relevance(adapter: MultimodalAdapter, method: Method, captured: 
     return adapter.stream_relevance(method, captured, "image", torch.zeros(batch, dtype=torch.long,
                                                                            device=adapter.device),
                                     image_mask, patches)
+
+
+def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, N) the tokenizer's special tokens ([CLS], [SEP], start / end of text, padding)."""
+    return torch.tensor([tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+                         for ids in input_ids.tolist()], device=input_ids.device).bool()
+
+
+def special_or_readout(special: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+    """``special`` with the read-out position of each row (B,) marked too, whatever the tokenizer says of it."""
+    marked = special.clone()
+    marked[torch.arange(special.shape[0], device=special.device), readout] = True
+    return marked
 
 
 def shown_images(pixels: torch.Tensor, pairs: list[tuple[int, int]], mean: Any, std: Any) -> dict[int, np.ndarray]:
@@ -107,13 +137,21 @@ class HFCLIPAdapter(MultimodalAdapter):
             return input_ids.to(torch.int).argmax(dim=-1)
         return (input_ids.to(torch.int) == eos).int().argmax(dim=-1)
 
-    def explain(self, method: Method, target: Any, image: Any = None, text: Any = None) -> list:
+    def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
+                start_layer_text: int | None = None, **unknown) -> list:
+        """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower
+        (the same as the image's unless given)."""
+        reject_unknown(self.family, "image=, text= and start_layer_text=", unknown)
         images, texts, pairs = similarity_inputs(self, method, target, image, text)
+        text_method, options = text_side_method(method, start_layer_text)
         processor = self.processor
         pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         pixels = pixels[[i for i, _ in pairs]].to(self.device)
+        fast = getattr(processor.tokenizer, "is_fast", False)
         enc = processor.tokenizer([texts[t] for _, t in pairs], padding=True, truncation=True,
-                                  return_tensors="pt").to(self.device)
+                                  return_tensors="pt", return_offsets_mapping=fast)
+        offsets = enc.get("offset_mapping")
+        enc = enc.to(self.device)
 
         def run():
             out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
@@ -122,14 +160,16 @@ class HFCLIPAdapter(MultimodalAdapter):
         captured = self.capture(run, method.needs_gradients)
         image_rel = class_token_relevance(self, method, captured, len(pairs))
         text_mask = enc["attention_mask"].bool()
-        special = torch.tensor([processor.tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-                                for ids in enc["input_ids"].tolist()], device=self.device).bool()
-        text_rel = self.stream_relevance(method, captured, "text", self._eot_positions(enc["input_ids"]),
-                                         text_mask, text_mask & ~special)
+        eot = self._eot_positions(enc["input_ids"])
+        special = special_or_readout(special_tokens(processor.tokenizer, enc["input_ids"]), eot)
+        text_rel = self.stream_relevance(text_method, captured, "text", eot, text_mask, text_mask & ~special)
         tokens = [processor.tokenizer.convert_ids_to_tokens(ids[mask]) for ids, mask in
                   zip(enc["input_ids"].cpu(), text_mask.cpu())]
+        enc["offset_mapping"] = offsets
+        words = [encoded_words(enc, b, len(tokens[b]), special[b, :len(tokens[b])].tolist(), (texts[t], None))
+                 for b, (_, t) in enumerate(pairs)]
         side = int(round((image_rel.shape[-1] - 1) ** 0.5))
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
         return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
-                                       captured.objective, logit, (side, side), 1, shown)
+                                       special, captured.objective, logit, (side, side), 1, shown, options, words)

@@ -20,9 +20,10 @@ from ..core.propagation import head_mean_positive
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
-from .base import AttentionSite, Captured, MultimodalAdapter, second_output, to_numpy
-from .captioning import reject_start_layer, reject_unknown, string_list
-from .vilt import answer_labels, answer_targets, check_load, chosen_answers, pair_up, special_tokens
+from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
+from .captioning import reject_start_layer, string_list
+from .clip import special_tokens
+from .vilt import answer_labels, answer_targets, check_load, chosen_answers, pair_up
 
 
 @contextlib.contextmanager

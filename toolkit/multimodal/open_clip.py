@@ -16,8 +16,9 @@ import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..methods import Method
-from .base import AttentionSite, Captured, MultimodalAdapter
-from .clip import class_token_relevance, shown_images, similarity_explanations, similarity_inputs
+from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown
+from .clip import (class_token_relevance, shown_images, similarity_explanations, similarity_inputs,
+                   text_side_method)
 
 _PROCESSOR_HINT = ("pass open_clip's (preprocess, tokenizer) pair: model, _, preprocess = "
                    "open_clip.create_model_and_transforms(name, pretrained=...); "
@@ -122,8 +123,12 @@ class OpenCLIPAdapter(MultimodalAdapter):
             captured.grads = per_head(captured.grads, batch)
         return captured
 
-    def explain(self, method: Method, target: Any, image: Any = None, text: Any = None) -> list:
+    def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
+                start_layer_text: int | None = None, **unknown) -> list:
+        """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower."""
+        reject_unknown(self.family, "image=, text= and start_layer_text=", unknown)
         images, texts, pairs = similarity_inputs(self, method, target, image, text)
+        text_method, options = text_side_method(method, start_layer_text)
         preprocess, tokenizer = self.processor
         pixels = torch.stack([preprocess(im) for im in images])[[i for i, _ in pairs]].to(self.device)
         ids = tokenizer([texts[t] for _, t in pairs]).to(self.device)
@@ -139,12 +144,12 @@ class OpenCLIPAdapter(MultimodalAdapter):
         eot = self._eot_positions(ids)
         positions = torch.arange(ids.shape[1], device=self.device).expand(batch, -1)
         text_mask = positions <= eot[:, None]  # later tokens are padding the causal mask hides from the read-out
-        content = text_mask & (positions > 0) & (positions < eot[:, None])  # without start and end of text
-        text_rel = self.stream_relevance(method, captured, "text", eot, text_mask, content)
+        special = (positions == 0) | (positions == eot[:, None])  # start and end of text, the read-out
+        text_rel = self.stream_relevance(text_method, captured, "text", eot, text_mask, text_mask & ~special)
         tokens = [[tokenizer.decode([i]).strip() for i in row[:end + 1]] for row, end in
                   zip(ids.tolist(), eot.tolist())]
         normalise = next((t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"), None)
         mean, std = (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0)
         return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
-                                       captured.objective, captured.outputs, self.model.visual.grid_size, 1,
-                                       shown_images(pixels, pairs, mean, std))
+                                       special, captured.objective, captured.outputs, self.model.visual.grid_size, 1,
+                                       shown_images(pixels, pairs, mean, std), options)

@@ -16,9 +16,10 @@ import torch.nn as nn
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
 from ..methods import Method
-from .base import AttentionSite, MultimodalAdapter, second_output, to_numpy
-from .captioning import processor_parts, reject_unknown, string_list
-from .clip import shown_images
+from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
+from .captioning import processor_parts, string_list
+from ..text import encoded_words, word_scores
+from .clip import shown_images, special_tokens
 
 
 # --- helpers shared with LXMERT ----------------------------------------------------------------
@@ -79,11 +80,6 @@ def answer_labels(config: Any, num_answers: int) -> dict[int, str]:
     return {int(k): v for k, v in id2label.items()} if len(id2label) == num_answers else {}
 
 
-def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-                         for ids in input_ids.tolist()], device=input_ids.device).bool()
-
-
 class ViltVQAAdapter(MultimodalAdapter):
     """``explain(image=..., question=..., target=None)``: one Explanation per (image, question) pair
     (a single one for one image and one question); one forward and one backward for the batch.
@@ -133,8 +129,12 @@ class ViltVQAAdapter(MultimodalAdapter):
         visual = image_processor(images=images, return_tensors="pt")
         pixels = visual["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
         pixel_mask = visual["pixel_mask"].to(self.device)
+        fast = getattr(tokenizer, "is_fast", False)
         enc = tokenizer([questions[q] for _, q in pairs], padding=True, truncation=True,
-                        max_length=self.model.config.max_position_embeddings, return_tensors="pt").to(self.device)
+                        max_length=self.model.config.max_position_embeddings, return_tensors="pt",
+                        return_offsets_mapping=fast)
+        offsets = enc.get("offset_mapping")
+        enc = enc.to(self.device)
         # ViLT's embedding picks the patch tokens in a random order (torch.multinomial) and does not return
         # where each came from: its own visual_embed, called here, gives the tokens and their grid positions.
         with torch.no_grad():
@@ -152,10 +152,11 @@ class ViltVQAAdapter(MultimodalAdapter):
         text_mask, image_mask = enc["attention_mask"].bool(), image_mask.bool()
         patches = image_mask.clone()
         patches[:, 0] = False  # the image [CLS]
+        special = special_tokens(tokenizer, enc["input_ids"])  # the read-out [CLS] among them
         relevance = self.stream_relevance(
             method, captured, "joint", torch.zeros(len(pairs), dtype=torch.long, device=self.device),
-            torch.cat([text_mask, image_mask], 1),
-            torch.cat([text_mask & ~special_tokens(tokenizer, enc["input_ids"]), patches], 1))
+            torch.cat([text_mask, image_mask], 1), torch.cat([text_mask & ~special, patches], 1))
+        enc["offset_mapping"] = offsets
         length = text_mask.shape[1]
         heatmaps = [self._grid(relevance[b, length + 1:], patches[b, 1:], patch_index[b]) for b in range(len(pairs))]
         shown = self._shown(pixels, pixel_mask, image_processor)
@@ -164,12 +165,14 @@ class ViltVQAAdapter(MultimodalAdapter):
         for b, (i, q) in enumerate(pairs):
             index = answers[b]
             name = labels.get(index, str(index))
-            valid = text_mask[b].cpu()
+            valid = text_mask[b].cpu().numpy()
+            scores, specials = to_numpy(relevance[b, :length])[valid], to_numpy(special[b])[valid].astype(bool)
+            words = encoded_words(enc, b, len(scores), specials.tolist(), (questions[q], None))
             explanations.append(Explanation(
                 method=method.name, model=self.name, target=index, label=name, probability=float(probabilities[b]),
-                scores=to_numpy(relevance[b, :length])[valid.numpy()],
-                tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
-                heatmap=heatmaps[b], image=shown[i], text=questions[q], answer=name, options=method.options()))
+                scores=scores, tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
+                special_tokens=specials, words=words.get("words"),
+                word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b], image=shown[i], text=questions[q], answer=name, options=method.options()))
         return explanations[0] if single else explanations
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,6 +27,7 @@ MEAN = STD = (0.5, 0.5, 0.5)
 TRAIN_SEED, VALIDATION_SEED, BENCHMARK_SEED = 1, 2, 3
 VALIDATION_SCENES = 500
 WEIGHTS_DIR = Path(__file__).with_name("weights")
+_SCENE_MODELS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # models loaded from the zoo's weights
 
 
 def scene_generator() -> SceneGenerator:
@@ -128,7 +130,13 @@ def load_weights(model: nn.Module, path: Path, recipe_module: str) -> nn.Module:
     if not path.is_file():
         raise ModelLoadError(f"The zoo weights {path} are missing; rebuild them with `python -m {recipe_module}`.")
     load_model(model, str(path))
+    _SCENE_MODELS.add(model)
     return model.eval()
+
+
+def is_scene_model(model: nn.Module) -> bool:
+    """Whether ``model`` (or a model it wraps) was loaded from the zoo, i.e. trained on 64x64 scenes only."""
+    return any(module in _SCENE_MODELS for module in model.modules())
 
 
 def stored_metadata(path: Path) -> dict[str, Any]:
