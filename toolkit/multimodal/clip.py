@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..explanation import Explanation
+from ..images import original_geometry
 from ..methods import Method
 from .base import AttentionSite, Captured, MultimodalAdapter, second_output, to_numpy
 
@@ -41,9 +42,11 @@ def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, i
 def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: list, texts: list[str],
                             pairs: list[tuple[int, int]], image_rel: torch.Tensor, text_rel: torch.Tensor,
                             text_tokens: list[list[str]], text_valid: torch.Tensor, logits: torch.Tensor,
-                            similarity: torch.Tensor, grid: tuple[int, int], prefix: int, shown: list) -> list:
+                            similarity: torch.Tensor, grid: tuple[int, int], prefix: int, shown: list,
+                            image_processor: Any) -> list:
     """One Explanation per pair; the probability is the softmax over the texts given for that image."""
     logits_np, sims = to_numpy(logits), to_numpy(similarity)
+    geometry = [original_geometry(image, image_processor) for image in images]
     explanations = []
     for b, (i, t) in enumerate(pairs):
         same_image = [k for k, (ii, _) in enumerate(pairs) if ii == i]
@@ -54,7 +57,7 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
             method=method.name, model=adapter.name, target=t, label=texts[t], probability=probability,
             scores=to_numpy(text_rel[b])[valid], tokens=text_tokens[b],
             heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid), image=shown[i], text=texts[t],
-            similarity=float(sims[b]), options=method.options()))
+            similarity=float(sims[b]), options=method.options(), **geometry[i]))
     return explanations
 
 
@@ -132,4 +135,4 @@ class HFCLIPAdapter(MultimodalAdapter):
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
         return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
-                                       captured.objective, logit, (side, side), 1, shown)
+                                       captured.objective, logit, (side, side), 1, shown, processor.image_processor)

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
+from ..images import original_geometry
 from ..methods import Method
 from .base import AttentionSite, MultimodalAdapter, second_output, to_numpy
 from .captioning import processor_parts, reject_unknown, string_list
@@ -159,6 +160,7 @@ class ViltVQAAdapter(MultimodalAdapter):
         length = text_mask.shape[1]
         heatmaps = [self._grid(relevance[b, length + 1:], patches[b, 1:], patch_index[b]) for b in range(len(pairs))]
         shown = self._shown(pixels, pixel_mask, image_processor)
+        geometry = [original_geometry(image, image_processor) for image in images]
         probabilities, labels = to_numpy(torch.sigmoid(captured.objective)), self.labels
         explanations = []
         for b, (i, q) in enumerate(pairs):
@@ -169,7 +171,8 @@ class ViltVQAAdapter(MultimodalAdapter):
                 method=method.name, model=self.name, target=index, label=name, probability=float(probabilities[b]),
                 scores=to_numpy(relevance[b, :length])[valid.numpy()],
                 tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
-                heatmap=heatmaps[b], image=shown[i], text=questions[q], answer=name, options=method.options()))
+                heatmap=heatmaps[b], image=shown[i], text=questions[q], answer=name, options=method.options(),
+                **geometry[i]))
         return explanations[0] if single else explanations
 
     @staticmethod
