@@ -97,11 +97,9 @@ def view_box(processor: Any, image: Image.Image) -> np.ndarray | None:
     image where the crop pads). Known: Hugging Face image processors and torchvision-style ``Compose``
     transforms (timm, open_clip). None when the processor is neither or does something else to the geometry.
     """
+    from transformers.image_processing_utils import BaseImageProcessor
+
     processor = getattr(processor, "image_processor", processor)
-    try:
-        from transformers.image_processing_utils import BaseImageProcessor
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        BaseImageProcessor = ()
     if isinstance(processor, BaseImageProcessor):
         return _hf_view_box(processor, image)
     if isinstance(getattr(processor, "transforms", None), (list, tuple)):
