@@ -257,3 +257,12 @@ def test_refuses_what_it_cannot_do(clip):
         ex.explain(image=image, text=["ok", " "])
     with pytest.raises(InputError, match="No image"):
         ex.explain(text="x")
+
+
+def test_overlay_on_the_original_image_follows_the_transforms(clip):
+    model, processor, image = clip
+    exp = Explainer(model, processor).explain(image=image, text="a dog", method="generic")[0]
+    # Resize(32) on 40x48: 32x38 (int(32 * 48 / 40)); CenterCrop(32) from y = round(6 / 2) = 3.
+    np.testing.assert_allclose(exp.crop_box, [0, 3 * 48 / 38, 40, 35 * 48 / 38], atol=1e-3)
+    np.testing.assert_array_equal(exp.original_image, np.asarray(image))
+    assert exp.overlay(on="original").size == image.size

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import Explainer, ToolkitError, list_methods, supported_families
-from .render import normalise_for_display
+from .render import colour_scale
 
 OFFLINE_MODEL = "minilm-zero-shot"
 
@@ -38,14 +38,15 @@ def _load(args) -> Explainer:
     return Explainer.from_pretrained(args.model, source=args.source, **kwargs)
 
 
-def _bars(scores, width: int = 24) -> list[str]:
-    """Text bars scaled like the HTML view (min-max for non-negative scores, else by max |score|)."""
+def _bars(scores, width: int = 24) -> tuple[list[str], str]:
+    """Text bars from zero, like the HTML view: length |score| / max |score| ('+' positive, '-' negative),
+    and a legend line giving the scale."""
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.min() >= 0:
-        lengths = normalise_for_display(scores)
-    else:
-        lengths = np.abs(scores) / max(float(np.abs(scores).max()), 1e-12)
-    return [("+" if s >= 0 else "-") * int(round(width * n)) for s, n in zip(scores, lengths)]
+    scale = colour_scale(scores)
+    lengths = np.abs(scale.strengths(scores))
+    bars = [("+" if s >= 0 else "-") * int(round(width * n)) for s, n in zip(scores, lengths)]
+    legend = f"bars from zero: {width} marks = {scale.peak:.4g} (the largest |score|)"
+    return bars, legend + ("; flat: the scores hardly differ" if scale.flat else "")
 
 
 def explain_command(args) -> int:
@@ -73,9 +74,11 @@ def explain_command(args) -> int:
                             f'(p={exp.probability:.3f})</h3><img src="{stem.with_suffix(".png").name}" width="336">')
         else:
             pieces, scores = (exp.words, exp.word_scores) if exp.words is not None else (exp.tokens, exp.scores)
-            rows = sorted(zip(pieces, scores, _bars(scores)), key=lambda row: -float(row[1]))
+            bars, legend = _bars(scores)
+            rows = sorted(zip(pieces, scores, bars), key=lambda row: -float(row[1]))
             for piece, score, bar in rows[: args.top]:
                 print(f"    {piece:>20s} {float(score):+.4f} {bar}")
+            print(f"    ({legend})")
             sections.append(exp.to_html())
     page = out / "index.html"
     page.write_text('<!doctype html><meta charset="utf-8"><title>Explanations</title>'

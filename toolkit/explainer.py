@@ -220,8 +220,10 @@ class Explainer:
             scores = relevance[batch.token_mask[i].cpu().numpy()]
             words = sample.get("words")
             return Explanation(scores=scores.astype(np.float32), tokens=sample["tokens"], words=words,
-                               word_scores=None if words is None else word_scores(scores, sample["word_pieces"]), word_segments=sample.get("word_segments"),
-                               special_tokens=np.array(sample["special"], dtype=bool), **common)
+                               word_scores=None if words is None else word_scores(scores, sample["word_pieces"]),
+                               word_segments=sample.get("word_segments"),
+                               special_tokens=np.array(sample["special"], dtype=bool),
+                               text=_joined(sample.get("text")), **common)
         grid, prefix = sample["grid"], self.adapter.num_prefix_tokens
         if relevance.ndim == 2:  # per-pixel (full LRP): per-patch sums serve as token scores
             heatmap = relevance
@@ -233,7 +235,13 @@ class Explainer:
         tokens = [f"[prefix{j}]" if j else "[CLS]" for j in range(prefix)]
         tokens += [f"patch({r},{c})" for r in range(grid[0]) for c in range(grid[1])]
         return Explanation(scores=scores.astype(np.float32), tokens=tokens, heatmap=heatmap.astype(np.float32),
-                           image=sample["image"], **common)
+                           image=sample["image"], original_image=sample.get("original_image"),
+                           crop_box=sample.get("crop_box"), **common)
+
+
+def _joined(text: str | tuple[str, str] | None) -> str | None:
+    """A text pair as one line for display."""
+    return " | ".join(text) if isinstance(text, tuple) else text
 
 
 def _as_items(inputs: Any) -> tuple[bool, list]:

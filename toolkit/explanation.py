@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 from . import render
+from .errors import InputError
 
-_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens", "boxes")
+_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens", "boxes", "original_image", "crop_box")
 
 
 def library_versions() -> dict[str, str]:
@@ -56,7 +57,10 @@ class Explanation:
 
     ``scores`` holds one raw (not normalised) value per token (for images, per token of the
     sequence: prefix tokens, then patches in row-major order). ``heatmap`` is the image relevance
-    on the patch grid (or per pixel for ``lrp``). ``words`` and ``word_scores`` sum sub-word pieces.
+    on the patch grid (or per pixel for ``lrp``) over ``image``, the model's view (resized and cropped).
+    ``original_image`` is the image as given, and ``crop_box`` (x0, y0, x1, y1, in its pixels) where the
+    model's view lies in it (reaching outside where the processor pads); both are None when the input was
+    preprocessed pixels or the processor's geometry is unknown. ``words`` and ``word_scores`` sum sub-word pieces.
     """
 
     method: str
@@ -73,12 +77,15 @@ class Explanation:
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    text: str | None = None  # the text paired with the image (CLIP) or the question (VQA)
+    text: str | None = None  # the input text (text classifiers; a pair as "a | b"), the text paired with the image
+    # (CLIP) or the other sentence (sentence similarity), or the question (VQA)
     similarity: float | None = None  # image-text cosine similarity (CLIP)
     answer: str | None = None  # the explained answer (VQA)
     caption: str | None = None  # the explained caption (captioning); see ``steps``
     steps: list[CaptionStep] | None = None
     boxes: np.ndarray | None = None  # (R, 4) x1, y1, x2, y2 of image regions; ``heatmap`` is then (R,) (LXMERT)
+    original_image: np.ndarray | None = None  # (H, W, 3) uint8, the image as given
+    crop_box: np.ndarray | None = None  # (4,) float32: x0, y0, x1, y1 of the model's view in original_image
     versions: dict[str, str] = field(default_factory=library_versions)
 
     def __repr__(self) -> str:
@@ -89,33 +96,71 @@ class Explanation:
                 f"probability={self.probability:.3f}, {what}{extra})")
 
     # --- display ------------------------------------------------------------------------------
-    def overlay(self, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
-        """The model's view of the image with the heatmap upsampled and blended in (RGB PIL image);
-        region relevance (``boxes``) is painted over each region's box."""
+    def colour_scale(self) -> render.ColourScale:
+        """How the displays colour this explanation (zero-based; ``.flat`` when the values hardly differ,
+        ``.caption`` says it in words): of the heatmap for images, else of the word (or token) scores."""
+        if self.heatmap is not None:
+            return render.colour_scale(self.heatmap)
+        return render.colour_scale(self.word_scores if self.word_scores is not None else self.scores)
+
+    def overlay(self, alpha: float = render.DEFAULT_ALPHA, colormap: str | None = None, on: str = "view",
+                colour_bar: bool = False) -> Image.Image:
+        """The heatmap painted over the image from zero (RGB PIL image; see :func:`render.heatmap_overlay`).
+
+        ``on="view"``: over the model's view (the image resized and cropped by the processor).
+        ``on="original"``: over the image as given, at its own resolution: the heatmap is mapped back through
+        the resize and crop into ``crop_box``, and what the model did not see is darkened.
+        ``colour_bar=True`` attaches the scale with its end values below. Region relevance (``boxes``) is
+        painted over each region's box.
+        """
         if self.heatmap is None or self.image is None:
-            raise ValueError("overlay() needs an image explanation; use to_html() for text.")
+            raise InputError("overlay() needs an image explanation; use to_html() for text.")
+        if on not in ("view", "original"):
+            raise InputError(f"on must be 'view' (the model's view) or 'original' (the image as given); got {on!r}.")
+        options = dict(alpha=alpha, colormap=colormap, colour_bar=colour_bar)
         if self.boxes is not None:
-            return render.region_overlay(self.image, self.boxes, self.heatmap, alpha=alpha, colormap=colormap)
-        return render.heatmap_overlay(self.image, self.heatmap, alpha=alpha, colormap=colormap)
+            return render.region_overlay(self.image, self.boxes, self.heatmap, **options)
+        if on == "view":
+            return render.heatmap_overlay(self.image, self.heatmap, **options)
+        if self.original_image is None or self.crop_box is None:
+            raise InputError("This explanation has no original image to draw on: it was made from preprocessed "
+                             "pixel_values, by a processor whose resize and crop are unknown, or saved by an older "
+                             "version. Pass the image itself (a path, PIL image or array), or use on='view'.")
+        return render.heatmap_overlay(self.original_image, self.heatmap, crop_box=self.crop_box, **options)
+
+    def heading(self) -> dict[str, str]:
+        """What was explained, for a page's heading: the input, model, method, target and probability."""
+        rows = {}
+        if self.text is not None:
+            role = "Paired text" if self.similarity is not None else "Question" if self.answer is not None else "Input"
+            rows[role] = self.text
+        for name, value in (("Answer", self.answer), ("Caption", self.caption)):
+            if value is not None:
+                rows[name] = value
+        rows.update({"Model": self.model, "Method": self.method, "Target": f"{self.label} (class {self.target})",
+                     "Probability": f"{self.probability:.3f}"})
+        if self.similarity is not None:
+            rows["Similarity"] = f"{self.similarity:.4f}"
+        return rows
 
     def to_html(self, level: str = "words") -> str:
-        """Plain HTML of the text: red for positive relevance, blue for negative.
+        """Plain HTML of the text: red for positive relevance, blue for negative, opacity |score| / max |score|,
+        under a heading (:meth:`heading`) and above a legend with the scale.
 
         ``level="words"`` shows whole words (special tokens left out), ``"tokens"`` every token. For image-text
         models it shows the text side (the caption, the question).
         """
         if level not in ("words", "tokens"):
-            raise ValueError("level must be 'words' or 'tokens'.")
-        title = f"{self.method} | target: {self.label} (p={self.probability:.3f})"
+            raise InputError("level must be 'words' or 'tokens'.")
         if level == "words" and self.words is not None:
-            return render.scores_html(self.words, self.word_scores, title)
+            return render.scores_html(self.words, self.word_scores, details=self.heading())
         if not self.tokens or (self.heatmap is not None and self.text is None):  # an image classifier's patches
-            raise ValueError("to_html() needs a text explanation or an image-text one; use overlay() for images.")
+            raise InputError("to_html() needs a text explanation or an image-text one; use overlay() for images.")
         pieces, scores = self.tokens, np.asarray(self.scores)
         if level == "words" and self.special_tokens is not None:  # no words: the tokens, special ones left out
             shown = ~np.asarray(self.special_tokens, dtype=bool)
             pieces, scores = [piece for piece, keep in zip(pieces, shown) if keep], scores[shown]
-        return render.scores_html(pieces, scores, title)
+        return render.scores_html(pieces, scores, details=self.heading())
 
     def _repr_html_(self) -> str:
         if self.heatmap is not None:
@@ -123,7 +168,7 @@ class Explanation:
             import io
 
             buffer = io.BytesIO()
-            self.overlay().save(buffer, format="PNG")
+            self.overlay(colour_bar=True).save(buffer, format="PNG")
             return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"/>'
         return self.to_html()
 

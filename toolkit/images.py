@@ -99,3 +99,75 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
         raise InputError(f"Image #{index} has shape {array.shape}; expected HxW, HxWx3 or HxWx4.")
     data = array if array.dtype == np.uint8 else _rescale(array)
     return Image.fromarray(data)
+
+
+def original_geometry(image: Image.Image, processor: Any) -> dict[str, np.ndarray]:
+    """``original_image`` (uint8 RGB) and ``crop_box`` (:func:`view_box`) for an Explanation, so that an overlay
+    can be drawn on the image as given; empty when the processor's geometry is unknown."""
+    box = view_box(processor, image)
+    return {} if box is None else {"original_image": np.asarray(image, dtype=np.uint8), "crop_box": box}
+
+
+def view_box(processor: Any, image: Image.Image) -> np.ndarray | None:
+    """Where the model's view of ``image`` lies in it: (x0, y0, x1, y1) in the image's pixels, float32.
+
+    The view is what ``processor`` makes of the image (resize, then centre crop; the box reaches outside the
+    image where the crop pads). Known: Hugging Face image processors and torchvision-style ``Compose``
+    transforms (timm, open_clip). None when the processor is neither or does something else to the geometry.
+    """
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    processor = getattr(processor, "image_processor", processor)
+    if isinstance(processor, BaseImageProcessor):
+        return _hf_view_box(processor, image)
+    if isinstance(getattr(processor, "transforms", None), (list, tuple)):
+        return _composed_view_box(processor.transforms, image)
+    return None
+
+
+def _crop_start(size: int, crop: int, rounded: bool) -> int:
+    """First pixel of a centred crop of ``crop`` pixels out of ``size``; negative where the crop pads
+    (Hugging Face truncates half the excess, torchvision rounds it)."""
+    if crop > size:
+        return -((crop - size) // 2)
+    return int(round((size - crop) / 2.0)) if rounded else int((size - crop) / 2.0)
+
+
+def _cropped(box: np.ndarray, size: tuple[int, int], crop: tuple[int, int], rounded: bool) -> np.ndarray:
+    """``box`` (covering a frame of ``size`` = (height, width)) narrowed to that frame's centred ``crop``."""
+    x0, y0, x1, y1 = box
+    (height, width), (crop_height, crop_width) = size, crop
+    left, top = _crop_start(width, crop_width, rounded), _crop_start(height, crop_height, rounded)
+    per_x, per_y = (x1 - x0) / width, (y1 - y0) / height
+    return np.array([x0 + left * per_x, y0 + top * per_y, x0 + (left + crop_width) * per_x,
+                     y0 + (top + crop_height) * per_y], dtype=np.float32)
+
+
+def _hf_view_box(processor: Any, image: Image.Image) -> np.ndarray:
+    """The whole image when the processor only resizes (and pads); with a centre crop, the resized size is read
+    from the processor itself (run without its crop and padding) and the crop placed as Hugging Face places it."""
+    whole = np.array([0, 0, image.width, image.height], dtype=np.float32)
+    crop = getattr(processor, "crop_size", None)
+    if not getattr(processor, "do_center_crop", False) or crop is None:
+        return whole
+    resized = processor(images=[Image.new("RGB", image.size)], do_center_crop=False, do_pad=False,
+                        do_normalize=False, do_rescale=False, return_tensors="pt")["pixel_values"]
+    return _cropped(whole, tuple(resized.shape[-2:]), (crop["height"], crop["width"]), rounded=False)
+
+
+def _composed_view_box(transforms: list, image: Image.Image) -> np.ndarray | None:
+    """Follow a torchvision-style pipeline: a resize keeps the box, a centre crop narrows it, and any other
+    step must keep the size (ToTensor, Normalize, colour conversion); else the geometry is unknown."""
+    box = np.array([0, 0, image.width, image.height], dtype=np.float32)
+    probe: Any = Image.new("RGB", image.size)
+    size = (image.height, image.width)
+    for transform in transforms:
+        probe = transform(probe)
+        new_size = (probe.height, probe.width) if isinstance(probe, Image.Image) else tuple(probe.shape[-2:])
+        kind = type(transform).__name__
+        if "CenterCrop" in kind:
+            box = _cropped(box, size, new_size, rounded=True)
+        elif new_size != size and "Resize" not in kind:
+            return None
+        size = new_size
+    return box

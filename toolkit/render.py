@@ -1,74 +1,237 @@
-"""Pictures and HTML from relevance scores: kept apart from the methods that compute them."""
+"""Pictures and HTML from relevance scores: kept apart from the methods that compute them.
+
+Colours are scaled from zero, never min-max: a value's colour strength is |value| / max |value|, so
+zero relevance is drawn as no colour (the photo, a plain word), an offset common to every value stays
+visible as an even tint instead of being stretched into false contrast, and the sign decides the hue
+(red positive, blue negative, as in the text view). A near-constant map is reported as flat.
+"""
 from __future__ import annotations
 
 import html
+import warnings
+from dataclasses import dataclass
+from typing import Mapping
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import InputError
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
              "turbo": cv2.COLORMAP_TURBO, "hot": cv2.COLORMAP_HOT}
+POSITIVE_RGB, NEGATIVE_RGB = (220, 38, 38), (37, 99, 235)  # as the text view's backgrounds
+SIGN_COLORMAP = "bwr"  # the default: red for positive, blue for negative, strength as opacity (white on paper)
+DEFAULT_ALPHA = 0.6  # opacity at full strength; weaker relevance is proportionally more transparent
+FLAT_TOLERANCE = 0.01  # spread (max - min) below this share of max |value| makes a map "flat"
+OUTSIDE_VIEW_BRIGHTNESS = 0.5  # on the original image, what the model did not see is darkened to this
 
 
-def normalise_for_display(heatmap: np.ndarray) -> np.ndarray:
-    """Min-max scaling to [0, 1]; a constant map becomes all zeros."""
-    heatmap = np.nan_to_num(np.asarray(heatmap, dtype=np.float32))
-    low, high = float(heatmap.min()), float(heatmap.max())
-    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)
+@dataclass(frozen=True)
+class ColourScale:
+    """How relevance values map to colours: from zero to ``peak`` = max |value|.
+
+    ``signed`` (some value negative): a diverging scale, -peak full blue, 0 neutral, +peak full red.
+    Otherwise sequential: 0 no colour, peak full colour. ``flat``: the values hardly differ (their spread
+    is under ``FLAT_TOLERANCE`` of the peak, or all are zero), so the picture carries no pattern.
+    """
+
+    signed: bool
+    peak: float
+    low: float
+    high: float
+    flat: bool
+
+    @property
+    def ends(self) -> tuple[float, float]:
+        """The values at the two ends of the scale."""
+        return (-self.peak if self.signed else 0.0, self.peak)
+
+    def strengths(self, values: np.ndarray) -> np.ndarray:
+        """Each value over the peak: in [-1, 1] (signed) or [0, 1]; zero when every value is zero."""
+        values = np.nan_to_num(np.asarray(values, dtype=np.float32))
+        return values / self.peak if self.peak > 0 else np.zeros_like(values)
+
+    @property
+    def end_labels(self) -> tuple[str, str]:
+        """The two ends written as the colour bar and the text legend show them."""
+        low, high = self.ends
+        return (f"{low:+.3g}", f"{high:+.3g}") if self.signed else ("0", f"{high:.3g}")
+
+    @property
+    def caption(self) -> str:
+        """One line saying what the colours mean (and that the map is flat, when it is)."""
+        if self.peak == 0:
+            return "flat map: every value is 0 (nothing to show)"
+        if self.signed:
+            text = f"relevance from {-self.peak:+.3g} (blue) through 0 (no colour) to {self.peak:+.3g} (red)"
+        else:
+            text = f"relevance from 0 (no colour) to {self.peak:.3g}"
+        if self.flat:
+            spread = (self.high - self.low) / self.peak
+            text += f"; flat map: all values {self.low:.4g} to {self.high:.4g} (spread {spread:.1%} of the largest)"
+        return text
 
 
-def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
-    """The heatmap upsampled (bilinear) to the image, coloured with an OpenCV colormap and blended in."""
+def colour_scale(values: np.ndarray, flat_tolerance: float = FLAT_TOLERANCE) -> ColourScale:
+    """The zero-based colour scale of a map or of per-token scores (NaN counted as zero)."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    peak = max(abs(low), abs(high))
+    return ColourScale(signed=low < 0, peak=peak, low=low, high=high,
+                       flat=peak == 0 or (high - low) <= flat_tolerance * peak)
+
+
+def _colours(strengths: np.ndarray, scale: ColourScale, colormap: str | None) -> np.ndarray:
+    """RGB colour (float) of each strength. ``"bwr"`` colours by sign only; an OpenCV map runs from zero
+    (sequential scale) or from -peak through zero at its middle to +peak (signed scale)."""
+    colormap = colormap or SIGN_COLORMAP
+    if colormap == SIGN_COLORMAP:
+        return np.where((strengths >= 0)[..., None], np.float32(POSITIVE_RGB), np.float32(NEGATIVE_RGB))
     if colormap not in COLORMAPS:
-        raise ValueError(f"Unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}.")
+        raise InputError(f"Unknown colormap {colormap!r}; choose {SIGN_COLORMAP!r} or one of {sorted(COLORMAPS)}.")
+    table = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], COLORMAPS[colormap])[:, 0, ::-1]
+    position = (strengths + 1) / 2 if scale.signed else strengths
+    return table[np.clip(np.round(position * 255), 0, 255).astype(np.int64)].astype(np.float32)
+
+
+def _resample(values: np.ndarray, height: int, width: int, crop_box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (a grid covering ``crop_box`` = x0, y0, x1, y1 in pixels; the whole image when None) sampled
+    bilinearly at every pixel centre of a ``height`` x ``width`` image, and the mask of pixels inside the box."""
+    x0, y0, x1, y1 = (0.0, 0.0, float(width), float(height)) if crop_box is None else map(float, crop_box)
+    rows, cols = values.shape
+    xs = (np.arange(width, dtype=np.float32) + 0.5 - x0) / (x1 - x0)
+    ys = (np.arange(height, dtype=np.float32) + 0.5 - y0) / (y1 - y0)
+    map_x = np.broadcast_to(xs * cols - 0.5, (height, width)).astype(np.float32)
+    map_y = np.broadcast_to((ys * rows - 0.5)[:, None], (height, width)).astype(np.float32)
+    sampled = cv2.remap(values.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inside = ((ys >= 0) & (ys <= 1))[:, None] & ((xs >= 0) & (xs <= 1))[None, :]
+    return sampled, inside
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA, colormap: str | None = None,
+                    crop_box: np.ndarray | None = None, colour_bar: bool = False) -> Image.Image:
+    """The heatmap upsampled (bilinear) to the image and painted over it from zero (see :class:`ColourScale`).
+
+    Each pixel's opacity is ``alpha`` x |strength|, so weak relevance lets the photo show. The default colours
+    are red for positive and blue for negative values (``"bwr"``); ``colormap`` may name an OpenCV map from
+    ``COLORMAPS`` instead. ``crop_box`` (x0, y0, x1, y1 in the image's pixels) is where
+    the heatmap lies when ``image`` is larger than what the model saw: pixels outside it are darkened.
+    ``colour_bar=True`` attaches the scale below. A flat map gives a warning (and says so in the bar).
+    """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
+        raise InputError(f"alpha must lie in [0, 1]; got {alpha}.")
+    scale = colour_scale(heatmap)
+    _colours(np.zeros(1, np.float32), scale, colormap)  # an unknown name fails before any work
+    if scale.flat:
+        warnings.warn(f"The heatmap is flat ({scale.caption}); it has no pattern to show.", stacklevel=2)
     image = np.asarray(image, dtype=np.uint8)
     height, width = image.shape[:2]
-    scaled = cv2.resize(normalise_for_display(heatmap), (width, height), interpolation=cv2.INTER_LINEAR)
-    colours = cv2.applyColorMap(np.uint8(np.round(255 * scaled)), COLORMAPS[colormap])[..., ::-1]
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
-    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+    strengths, inside = _resample(scale.strengths(heatmap), height, width, crop_box)
+    opacity = (alpha * np.abs(strengths) * inside)[..., None]
+    base = image.astype(np.float32) * np.where(inside, 1.0, OUTSIDE_VIEW_BRIGHTNESS)[..., None]
+    blended = (1 - opacity) * base + opacity * _colours(strengths, scale, colormap)
+    overlay = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+    return with_colour_bar(overlay, scale, alpha=alpha, colormap=colormap) if colour_bar else overlay
 
 
-def region_overlay(image: np.ndarray, boxes: np.ndarray, relevance: np.ndarray, alpha: float = 0.5,
-                   colormap: str = "jet") -> Image.Image:
+def region_overlay(image: np.ndarray, boxes: np.ndarray, relevance: np.ndarray, alpha: float = DEFAULT_ALPHA,
+                   colormap: str | None = None, colour_bar: bool = False) -> Image.Image:
     """Region relevance painted over the image: each pixel takes the highest relevance of the boxes
-    (x1, y1, x2, y2 in pixels) that cover it, pixels outside every box zero (or the lowest relevance if that is
-    negative); then blended in like a heatmap."""
+    (x1, y1, x2, y2 in pixels) that cover it, pixels outside every box zero (no colour); then painted
+    like a heatmap."""
     image = np.asarray(image, dtype=np.uint8)
     height, width = image.shape[:2]
     relevance = np.nan_to_num(np.asarray(relevance, dtype=np.float32))
-    painted = np.full((height, width), float(relevance.min(initial=0.0)), dtype=np.float32)
+    painted = np.full((height, width), -np.inf, dtype=np.float32)
     for (x1, y1, x2, y2), value in zip(np.asarray(boxes, dtype=np.float32), relevance):
         top, bottom = int(np.clip(np.floor(y1), 0, height)), int(np.clip(np.ceil(y2), 0, height))
         left, right = int(np.clip(np.floor(x1), 0, width)), int(np.clip(np.ceil(x2), 0, width))
         region = painted[top:bottom, left:right]
         np.maximum(region, value, out=region)
-    return heatmap_overlay(image, painted, alpha=alpha, colormap=colormap)
+    painted[np.isneginf(painted)] = 0.0
+    return heatmap_overlay(image, painted, alpha=alpha, colormap=colormap, colour_bar=colour_bar)
 
 
-def scores_html(pieces: list[str], scores: np.ndarray, title: str = "") -> str:
-    """Inline HTML: each piece on a red (positive) or blue (negative) background.
+def colour_bar(scale: ColourScale, width: int = 256, alpha: float = DEFAULT_ALPHA, colormap: str | None = None,
+               title: str = "relevance") -> Image.Image:
+    """The scale as a picture: the colours (as painted on white) with the end values and zero marked,
+    under a title that says when the map is flat. Put it beside an overlay, or use :func:`with_colour_bar`."""
+    font_size = int(np.clip(width / 22, 9, 16))
+    font = ImageFont.load_default(size=font_size)
+    margin, strip_height = max(font_size // 2, 6), max(font_size, 8)
+    strengths = np.linspace(-1.0 if scale.signed else 0.0, 1.0, width - 2 * margin, dtype=np.float32)
+    opacity = alpha * np.abs(strengths)[:, None]
+    row = (1 - opacity) * 255.0 + opacity * _colours(strengths, scale, colormap)
+    strip = np.repeat(np.clip(row + 0.5, 0, 255).astype(np.uint8)[None], strip_height, axis=0)
+    heading = title + (" (flat map: no pattern)" if scale.flat else "")
+    title_top, strip_top = margin // 2, margin // 2 + font_size + 3
+    labels_top = strip_top + strip_height + 4
+    bar = Image.new("RGB", (width, labels_top + font_size + margin // 2), "white")
+    bar.paste(Image.fromarray(strip), (margin, strip_top))
+    draw = ImageDraw.Draw(bar)
+    draw.text((margin, title_top), heading, fill=(40, 40, 40), font=font)
+    draw.rectangle((margin - 1, strip_top - 1, width - margin, strip_top + strip_height), outline=(120, 120, 120))
+    right_edge = width - margin - 1
+    left, right = scale.end_labels
+    marks = [(margin, left, "la"), (right_edge, right, "ra")]
+    if scale.signed:
+        marks.append(((margin + right_edge) // 2, "0", "ma"))
+    for x, text, anchor in marks:
+        draw.line((x, strip_top + strip_height, x, strip_top + strip_height + 3), fill=(40, 40, 40))
+        draw.text((x, labels_top), text, fill=(40, 40, 40), font=font, anchor=anchor)
+    return bar
 
-    Opacity is |score| / max |score| when scores have both signs; when none is negative (most
-    attention methods), it is min-max scaled, so that a common offset (rollout's and the
-    identity's share) does not paint every piece the same red.
-    """
+
+def with_colour_bar(picture: Image.Image, scale: ColourScale, alpha: float = DEFAULT_ALPHA,
+                    colormap: str | None = None, title: str = "relevance") -> Image.Image:
+    """``picture`` with :func:`colour_bar` attached below, as wide as the picture (at least 160 pixels)."""
+    bar = colour_bar(scale, width=max(picture.width, 160), alpha=alpha, colormap=colormap, title=title)
+    combined = Image.new("RGB", (bar.width, picture.height + bar.height), "white")
+    combined.paste(picture.convert("RGB"), ((bar.width - picture.width) // 2, 0))
+    combined.paste(bar, (0, picture.height))
+    return combined
+
+
+def _rgba(rgb: tuple[int, int, int], strength: float) -> str:
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{strength:.3f})"
+
+
+def scale_legend_html(scale: ColourScale) -> str:
+    """An inline legend for :func:`scores_html`: the colour ramp between its end values, zero marked."""
+    ramp = (f"{_rgba(NEGATIVE_RGB, 1)},{_rgba(NEGATIVE_RGB, 0)},{_rgba(POSITIVE_RGB, 1)}" if scale.signed
+            else f"{_rgba(POSITIVE_RGB, 0)},{_rgba(POSITIVE_RGB, 1)}")
+    zero = ('<span style="position:absolute;left:50%;top:-3px;height:18px;border-left:1px solid #444"></span>'
+            if scale.signed else "")
+    left, right = scale.end_labels
+    flat = " — flat: the scores hardly differ" if scale.flat else ""
+    return (f'<div class="legend" style="font-size:12px;color:#444;margin-top:6px;display:flex;'
+            f'align-items:center;gap:6px"><span>{left}</span><span style="position:relative;display:inline-block;'
+            f'width:160px;height:12px;border:1px solid #bbb;background:linear-gradient(to right,{ramp})">{zero}</span>'
+            f'<span>{right}</span><span>relevance from zero{" (0 in the middle)" if scale.signed else ""}: '
+            f'red positive, blue negative{flat}</span></div>')
+
+
+def scores_html(pieces: list[str], scores: np.ndarray, title: str = "",
+                details: Mapping[str, str] | None = None) -> str:
+    """Inline HTML: each piece on a red (positive) or blue (negative) background, opacity |score| / max |score|
+    (from zero, so similar scores look alike and a zero looks plain), a heading (``title`` and a table of
+    ``details`` such as the input, model and target) and a legend with the scale."""
     scores = np.asarray(scores, dtype=np.float64)
-    strengths = normalise_for_display(scores) if scores.size and scores.min() >= 0 else None
-    peak = float(np.abs(scores).max()) if scores.size else 0.0
+    scale = colour_scale(scores)
     spans = []
-    for index, (piece, score) in enumerate(zip(pieces, scores)):
-        if strengths is not None:
-            strength = float(strengths[index])
-        else:
-            strength = abs(score) / peak if peak > 0 else 0.0
-        rgb = "220,38,38" if score >= 0 else "37,99,235"
+    for piece, score, strength in zip(pieces, scores, scale.strengths(scores)):
+        rgb = POSITIVE_RGB if score >= 0 else NEGATIVE_RGB
         spans.append(
-            f'<span title="{score:.4g}" style="background:rgba({rgb},{strength:.3f});'
+            f'<span title="{score:.4g}" style="background:{_rgba(rgb, abs(float(strength)))};'
             f'padding:1px 3px;margin:1px;border-radius:3px;display:inline-block">{html.escape(piece)}</span>'
         )
-    heading = f'<div style="font-size:12px;color:#555;margin-bottom:4px">{html.escape(title)}</div>' if title else ""
-    return f'<div style="font-family:sans-serif;line-height:1.9">{heading}{"".join(spans)}</div>'
+    heading = f'<div style="font-size:13px;font-weight:bold;margin-bottom:4px">{html.escape(title)}</div>' if title else ""
+    if details:
+        rows = "".join(f'<tr><th style="text-align:left;font-weight:normal;padding:0 10px 0 0;color:#666">'
+                       f'{html.escape(key)}</th><td style="padding:0">{html.escape(value)}</td></tr>'
+                       for key, value in details.items())
+        heading += (f'<table class="heading" style="font-size:13px;line-height:1.4;margin-bottom:6px;'
+                    f'border-collapse:collapse">{rows}</table>')
+    return (f'<div style="font-family:sans-serif;line-height:1.9">{heading}<div>{"".join(spans)}</div>'
+            f'{scale_legend_html(scale)}</div>')

@@ -13,7 +13,7 @@ from ..core import lrp
 from ..core.capture import Recorder
 from ..core.spec import LayerSpec, ModelSpec
 from ..errors import InputError
-from ..images import to_rgb
+from ..images import original_geometry, to_rgb
 from .base import Batch, ModelAdapter
 
 
@@ -55,6 +55,7 @@ class VisionTransformerAdapter(ModelAdapter):
     def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
         if text_pair is not None:
             raise InputError("An image classifier takes no text_pair.")
+        originals = []
         if torch.is_tensor(inputs):
             pixels = inputs.unsqueeze(0) if inputs.dim() == 3 else inputs
             if pixels.dim() != 4 or pixels.shape[1] != 3:
@@ -63,7 +64,9 @@ class VisionTransformerAdapter(ModelAdapter):
             images = inputs if isinstance(inputs, (list, tuple)) else [inputs]
             if not images:
                 raise InputError("No image given.")
-            pixels = self.preprocess([to_rgb(image, i) for i, image in enumerate(images, start=first_index)])
+            rgb = [to_rgb(image, i) for i, image in enumerate(images, start=first_index)]
+            pixels = self.preprocess(rgb)
+            originals = [original_geometry(image, self.processor) for image in rgb]
         pixels = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
         stride = self.patch_conv().stride
         grid = (pixels.shape[2] // stride[0], pixels.shape[3] // stride[1])
@@ -72,6 +75,8 @@ class VisionTransformerAdapter(ModelAdapter):
         content_mask = token_mask.clone()
         content_mask[:, : self.num_prefix_tokens] = False
         samples = [{"image": image, "grid": grid} for image in self._displayable(pixels)]
+        for sample, geometry in zip(samples, originals):
+            sample.update(geometry)
         return Batch({"pixel_values": pixels}, token_mask, content_mask, samples)
 
     def _displayable(self, pixels: torch.Tensor) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..explanation import Explanation
+from ..images import original_geometry
 from ..methods import Method
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
 from .captioning import (CaptioningAdapter, patch_content, patch_layout, processor_parts, reject_start_layer,
@@ -200,6 +201,7 @@ class BlipVQAAdapter(MultimodalAdapter):
             for b, result in zip(members, group):
                 results[b] = result
         shown = shown_images(pixels, pairs, image_processor.image_mean, image_processor.image_std)
+        geometry = [original_geometry(image, image_processor) for image in images]
         explanations = []
         for (i, q), ids, (answer_ids, heatmap, scores, log_p) in zip(pairs, question_ids, results):
             text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
@@ -207,5 +209,5 @@ class BlipVQAAdapter(MultimodalAdapter):
                 method=method.name, model=self.name, target=q, label=text, probability=float(np.exp(log_p)),
                 scores=scores.astype(np.float32), tokens=tokenizer.convert_ids_to_tokens(ids),
                 heatmap=heatmap.astype(np.float32), image=shown[i], text=questions[q], answer=text,
-                options=method.options()))
+                options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
+from ..images import original_geometry
 from ..methods import Method
 from .base import Captured, MultimodalAdapter, reject_unknown, to_numpy
 from .clip import shown_images
@@ -258,7 +259,7 @@ class CaptioningAdapter(MultimodalAdapter):
             members = [s for s, owner in enumerate(owners) if owner == i]
             text = self.tokenizer.decode(sequence[len(prompt):], skip_special_tokens=True).strip()
             common = dict(method=method.name, model=self.name, target=i, label=text, image=shown[i], caption=text,
-                          options=options)
+                          options=options, **original_geometry(images[i], image_processor))
             if not members:
                 warnings.warn(f"The caption of image #{i} ended at once: there is no token to explain.", stacklevel=3)
                 explanations.append(Explanation(probability=1.0, scores=np.zeros(0, np.float32), steps=[], **common))

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..explanation import Explanation
+from ..images import original_geometry
 from ..methods import Method
 from ..text import encoded_words, word_scores
 from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
@@ -43,12 +44,14 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
                             pairs: list[tuple[int, int]], image_rel: torch.Tensor, text_rel: torch.Tensor,
                             text_tokens: list[list[str]], text_valid: torch.Tensor, text_special: torch.Tensor,
                             logits: torch.Tensor, similarity: torch.Tensor, grid: tuple[int, int], prefix: int,
-                            shown: list, options: dict, text_words: list[dict] | None = None) -> list:
+                            shown: list, image_processor: Any, options: dict,
+                            text_words: list[dict] | None = None) -> list:
     """One Explanation per pair; the probability is the softmax over the texts given for that image.
 
     ``text_special`` marks the start and end-of-text tokens (the latter is where the text is read out), which
     displays leave out; ``text_words`` (from a fast tokenizer) groups the tokens into the caption's words."""
     logits_np, sims = to_numpy(logits), to_numpy(similarity)
+    geometry = [original_geometry(image, image_processor) for image in images]
     explanations = []
     for b, (i, t) in enumerate(pairs):
         same_image = [k for k, (ii, _) in enumerate(pairs) if ii == i]
@@ -62,7 +65,7 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
             scores=scores, tokens=text_tokens[b], special_tokens=to_numpy(text_special[b])[valid].astype(bool),
             words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]) if words else None,
             heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid), image=shown[i], text=texts[t],
-            similarity=float(sims[b]), options=options))
+            similarity=float(sims[b]), options=options, **geometry[i]))
     return explanations
 
 
@@ -172,4 +175,5 @@ class HFCLIPAdapter(MultimodalAdapter):
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
         return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
-                                       special, captured.objective, logit, (side, side), 1, shown, options, words)
+                                       special, captured.objective, logit, (side, side), 1, shown,
+                                       processor.image_processor, options, words)

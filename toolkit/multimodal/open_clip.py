@@ -152,4 +152,4 @@ class OpenCLIPAdapter(MultimodalAdapter):
         mean, std = (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0)
         return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
                                        special, captured.objective, captured.outputs, self.model.visual.grid_size, 1,
-                                       shown_images(pixels, pairs, mean, std), options)
+                                       shown_images(pixels, pairs, mean, std), preprocess, options)

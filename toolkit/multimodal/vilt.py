@@ -15,10 +15,11 @@ import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
+from ..images import original_geometry
 from ..methods import Method
+from ..text import encoded_words, word_scores
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
 from .captioning import processor_parts, string_list
-from ..text import encoded_words, word_scores
 from .clip import shown_images, special_tokens
 
 
@@ -160,6 +161,7 @@ class ViltVQAAdapter(MultimodalAdapter):
         length = text_mask.shape[1]
         heatmaps = [self._grid(relevance[b, length + 1:], patches[b, 1:], patch_index[b]) for b in range(len(pairs))]
         shown = self._shown(pixels, pixel_mask, image_processor)
+        geometry = [original_geometry(image, image_processor) for image in images]
         probabilities, labels = to_numpy(torch.sigmoid(captured.objective)), self.labels
         explanations = []
         for b, (i, q) in enumerate(pairs):
@@ -172,7 +174,8 @@ class ViltVQAAdapter(MultimodalAdapter):
                 method=method.name, model=self.name, target=index, label=name, probability=float(probabilities[b]),
                 scores=scores, tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
                 special_tokens=specials, words=words.get("words"),
-                word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b], image=shown[i], text=questions[q], answer=name, options=method.options()))
+                word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b],
+                image=shown[i], text=questions[q], answer=name, options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations
 
     @staticmethod
