@@ -93,3 +93,175 @@ def test_vqa_answers_match_in_any_case_and_unknown_ones_list_close_answers():
         explainer.explain(image=image, question=question, target="yess")
     message = str(info.value)
     assert f"{len(explainer.labels)} answers" in message and f"{yes}: 'yes'" in message
+
+
+# --- loading ------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fails the test on any attempt to resolve a host or open a connection; the Hub probe is forgotten
+    before and after, so that each test probes afresh."""
+    import socket
+
+    from toolkit import loading
+
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    probe = loading._probe_hub  # the cached function, which a test may replace
+    probe.cache_clear()
+    yield attempts
+    probe.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["./no/such/model", "../no-such-model", "/no/such/model", "~/no-such-model",
+                                  "a/b/c"])
+def test_a_path_without_a_folder_says_so(name, no_network):
+    from toolkit import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=f"No folder at {re.escape(repr(name))}.*does not exist") as info:
+        Explainer.from_pretrained(name)
+    assert "Repo id" not in str(info.value) and "save_pretrained(folder)" in str(info.value)
+    assert not no_network
+
+
+def test_a_file_is_not_a_folder(tmp_path, no_network):
+    from toolkit import ModelLoadError
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is a file, not a folder"):
+        Explainer.from_pretrained(str(weights))
+
+
+def test_image_folder_without_processor_uses_vits_default_with_a_warning(tmp_path, no_network):
+    from conftest import make_hf_vit
+    from transformers import ViTImageProcessor
+
+    model = make_hf_vit()
+    model.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="no image processor.*ViTImageProcessor, resizing to 32x32") as caught:
+        loaded = Explainer.from_pretrained(str(tmp_path))
+    assert not [w for w in caught if "RANDOM CLASSIFIER" in str(w.message)]
+    processor = loaded.adapter.processor
+    assert isinstance(processor, ViTImageProcessor) and processor.size == {"height": 32, "width": 32}
+    image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    expected = Explainer(model, ViTImageProcessor(size={"height": 32, "width": 32})).explain(image)
+    np.testing.assert_allclose(loaded.explain(image).scores, expected.scores, rtol=1e-5, atol=1e-7)
+    assert not no_network
+
+
+def test_text_folder_without_tokenizer_is_refused(tmp_path, no_network):
+    from conftest import make_bert
+
+    from toolkit import ModelLoadError
+
+    make_bert(100).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="no tokenizer.*tokenizer.save_pretrained"):
+        Explainer.from_pretrained(str(tmp_path))
+
+
+def test_image_text_folder_without_its_vocabulary_is_refused(tmp_path, no_network):
+    from toolkit import ModelLoadError, zoo
+
+    model, processor = zoo.load("vilt")
+    model.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)  # the tokenizer is left behind
+    with pytest.raises(ModelLoadError, match="no tokenizer"):
+        Explainer.from_pretrained(str(tmp_path))
+
+
+def test_bare_encoders_warn_that_the_head_is_random(tmp_path, wordpiece, no_network):
+    from transformers import BertConfig, BertModel, ViTConfig, ViTImageProcessor, ViTModel
+
+    vit = tmp_path / "vit"
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                       intermediate_size=48)).save_pretrained(vit)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=4, intermediate_size=48)).save_pretrained(bert)
+    wordpiece.save_pretrained(bert)
+    for folder, bare in ((vit, "ViTModel"), (bert, "BertModel")):
+        with pytest.warns(UserWarning, match=f"RANDOM CLASSIFIER.*\\({bare}\\).*classifier.bias, classifier.weight"
+                                             ".*meaningless"):
+            Explainer.from_pretrained(str(folder))
+
+
+def test_a_trained_classifier_loads_without_the_random_head_warning(tmp_path, wordpiece, recwarn, no_network):
+    from conftest import make_bert
+
+    make_bert(wordpiece.vocab_size).save_pretrained(tmp_path)
+    wordpiece.save_pretrained(tmp_path)
+    Explainer.from_pretrained(str(tmp_path))
+    assert not [w for w in recwarn if "RANDOM" in str(w.message) or "processor" in str(w.message)]
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_switch_fails_at_once_without_touching_the_network(variable, monkeypatch, no_network):
+    from huggingface_hub import constants
+
+    from toolkit import ModelLoadError, loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(loading, "_probe_hub", lambda: pytest.fail("probed the Hub despite the offline switch"))
+    with pytest.raises(ModelLoadError) as info:
+        Explainer.from_pretrained("some-org/not-cached-model")
+    message = str(info.value)
+    assert f"can't be reached ({variable}=1 is set)" in message and "not in the local cache" in message
+    assert "Explainer.from_pretrained('/path/to/folder')" in message
+    assert not no_network and constants.HF_HUB_OFFLINE is False  # offline mode only while loading
+
+
+def test_an_unreachable_hub_is_probed_once_with_a_short_timeout(monkeypatch, no_network):
+    import urllib.error
+    import urllib.request
+
+    from toolkit import ModelLoadError, loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    probes = []
+
+    def unreachable(request, timeout):
+        probes.append(timeout)
+        raise urllib.error.URLError("timed out")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    for name in ("some-org/not-cached-model", "some-org/another-one"):
+        with pytest.raises(ModelLoadError, match="Hugging Face Hub can't be reached .*did not answer within 2 s"):
+            Explainer.from_pretrained(name)
+    with pytest.raises(ModelLoadError, match="can't be reached"):
+        Explainer.from_pretrained("vit_tiny_patch16_224", source="timm")
+    assert probes == [loading.HUB_PROBE_TIMEOUT_S] and loading.HUB_PROBE_TIMEOUT_S <= 3
+    assert not no_network
+
+
+def test_cached_hub_models_load_while_the_hub_is_unreachable(tmp_path, monkeypatch, no_network):
+    """A model in the Hub cache loads offline (no retries, no network), with the files the Hub would give."""
+    from conftest import _image_processor, make_hf_vit
+    from huggingface_hub import constants
+
+    from toolkit import loading
+
+    monkeypatch.setattr(loading, "_probe_hub", lambda: "https://huggingface.co did not answer within 2 s")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--toolkit-tests--tiny-vit"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    model = make_hf_vit()
+    model.save_pretrained(repo / "snapshots" / commit)
+    _image_processor().save_pretrained(repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    loaded = Explainer.from_pretrained("toolkit-tests/tiny-vit")
+    torch.testing.assert_close(loaded.model.state_dict(), model.state_dict())
+    assert not no_network
