@@ -37,15 +37,15 @@ def unknown_label_message(name: str, labels: dict[int, str], kind: str = "label"
     """Says how many names the model has, lists at most :data:`SHOWN_CLOSE_NAMES` of those closest to
     ``name`` (all of them when there are few), and how to list them all."""
     if not labels:
-        return (f"Unknown {kind} {name!r}: this model's {kind}s have no names; pass an index instead "
-                f"(explanation.target and .label say which one was explained).")
+        return f"Unknown {kind} {name!r}: this model's {kind}s have no names; pass an index instead."
     if len(labels) <= SHOWN_CLOSE_NAMES:
         shown, what = sorted(labels), f"its {kind}s"
     else:
         shown, what = close_labels(name, labels), f"close {kind}s"
     listing = "; ".join(f"{index}: {labels[index]!r}" for index in shown)
     found = f"{what}: {listing}" if shown else f"none is close to {name!r}"
-    return (f"Unknown {kind} {name!r}: this model has {len(labels)} {kind}s; {found}. Pass a {kind} name "
+    article = "an" if kind[0] in "aeiou" else "a"
+    return (f"Unknown {kind} {name!r}: this model has {len(labels)} {kind}s; {found}. Pass {article} {kind} name "
             f"(any of its comma-separated names, in any case) or an index; Explainer.labels lists them all "
             f"(index -> name).")
 
