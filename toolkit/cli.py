@@ -8,10 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Explainer, ToolkitError, list_methods, supported_families
-from .render import colour_scale
+from . import Explainer, ToolkitError, list_methods, loading, render, supported_families, zoo
+from .multimodal import MultimodalAdapter
+from .multimodal.clip import pair_grid
+from .multimodal.vilt import pair_up
+
 
 OFFLINE_MODEL = "minilm-zero-shot"
+# The keyword each image-text task takes with --image (captioners generate a caption when none is given).
+IMAGE_TEXT_INPUTS = {"image-text similarity": "text", "visual question answering": "question",
+                     "image captioning": "caption"}
 
 
 def _parse_labels(spec: str | None) -> dict[str, str] | None:
@@ -34,15 +40,30 @@ def _load(args) -> Explainer:
         return Explainer(model, tokenizer, name=OFFLINE_MODEL)
     if args.labels:
         raise ToolkitError("--labels only applies to the built-in zero-shot model; a classifier has its own labels.")
-    kwargs = {"pretrained": False} if args.random_weights else {}
-    return Explainer.from_pretrained(args.model, source=args.source, **kwargs)
+    if args.model in zoo.MODULES:
+        if args.random_weights or args.source != "auto":
+            raise ToolkitError(f"--model {args.model} is a built-in model with its own weights: "
+                               "--source and --random-weights do not apply.")
+        return Explainer(*zoo.load(args.model), name=args.model)
+    source = loading.guess_source(args.model) if args.source == "auto" else args.source
+    kwargs = {}
+    if args.random_weights:
+        if source not in ("timm", "open_clip"):
+            raise ToolkitError("--random-weights applies to timm and open_clip models (random weights, no "
+                               f"download); {args.model!r} is loaded from {source!r} with its own weights.")
+        kwargs["pretrained"] = None if source == "open_clip" else False
+    return Explainer.from_pretrained(args.model, source=source, **kwargs)
+
+
+def _parse_target(target: str | None) -> int | str | None:
+    return None if target is None else (int(target) if target.isdigit() else target)
 
 
 def _bars(scores, width: int = 24) -> tuple[list[str], str]:
     """Text bars from zero, like the HTML view: length |score| / max |score| ('+' positive, '-' negative),
     and a legend line giving the scale."""
     scores = np.asarray(scores, dtype=np.float64)
-    scale = colour_scale(scores)
+    scale = render.colour_scale(scores)
     lengths = np.abs(scale.strengths(scores))
     bars = [("+" if s >= 0 else "-") * int(round(width * n)) for s, n in zip(scores, lengths)]
     legend = f"bars from zero: {width} marks = {scale.peak:.4g} (the largest |score|)"
@@ -51,13 +72,18 @@ def _bars(scores, width: int = 24) -> tuple[list[str], str]:
 
 def explain_command(args) -> int:
     inputs = args.text or args.image
+    for keyword in ("question", "caption"):
+        if getattr(args, keyword) and not args.image:
+            raise ToolkitError(f"--{keyword} goes with --image PATH: the image the {keyword} is about.")
     if not inputs:
-        raise ToolkitError("Give something to explain: --text 'some text' (repeatable) or --image PATH (repeatable).")
-    if args.text and args.image:
-        raise ToolkitError("Give either --text or --image, not both: one model explains one kind of input.")
+        raise ToolkitError("Give something to explain: --text 'some text' (repeatable) or --image PATH (repeatable); "
+                           "image-text models take --image with --text (CLIP), --question (VQA) or --caption.")
     explainer = _load(args)
+    if isinstance(explainer.adapter, MultimodalAdapter):
+        return explain_image_text(explainer, args)
+    _check_classifier_inputs(explainer, args)
     method = args.method or explainer.default_method
-    target = None if args.target is None else (int(args.target) if args.target.isdigit() else args.target)
+    target = _parse_target(args.target)
     explanations = explainer.explain(list(inputs), method=method, target=target, start_layer=args.start_layer,
                                      batch_size=args.batch_size)
     out = Path(args.out)
@@ -68,7 +94,7 @@ def explain_command(args) -> int:
         stem = out / f"explanation_{index:03d}"
         exp.save(stem.with_suffix(".npz"))
         if exp.heatmap is not None:
-            exp.overlay().save(stem.with_suffix(".png"))
+            exp.overlay(colour_bar=True).save(stem.with_suffix(".png"))
             print(f"    heatmap {exp.heatmap.shape} -> {stem.with_suffix('.png')}")
             sections.append(f'<h3>{html.escape(str(inputs[index]))}: {html.escape(exp.label)} '
                             f'(p={exp.probability:.3f})</h3><img src="{stem.with_suffix(".png").name}" width="336">')
@@ -80,12 +106,134 @@ def explain_command(args) -> int:
                 print(f"    {piece:>20s} {float(score):+.4f} {bar}")
             print(f"    ({legend})")
             sections.append(exp.to_html())
+    _save_page(out, sections, len(explanations))
+    return 0
+
+
+def _save_page(out: Path, sections: list[str], count: int) -> None:
     page = out / "index.html"
     page.write_text('<!doctype html><meta charset="utf-8"><title>Explanations</title>'
                     '<body style="font-family:sans-serif;max-width:900px;margin:auto">'
                     + "".join(f"<section>{s}</section><hr>" for s in sections) + "</body>")
-    print(f"\nSaved {len(explanations)} explanation(s) (.npz) and a page to open in a browser: {page}")
+    print(f"\nSaved {count} explanation(s) (.npz) and a page to open in a browser: {page}")
+
+
+def _check_classifier_inputs(explainer: Explainer, args) -> None:
+    """A classifier reads texts or images, not questions or captions, and not both kinds at once."""
+    for keyword, models in (("question", "visual question answering models such as --model vilt"),
+                            ("caption", "captioning models such as --model captioner")):
+        if getattr(args, keyword):
+            raise ToolkitError(f"--{keyword} is for {models}; {explainer.name} is a "
+                               f"{explainer.adapter.modality} classifier.")
+    if args.text and args.image:
+        raise ToolkitError(f"{explainer.name} is a {explainer.adapter.modality} classifier: give --text or --image, "
+                           "not both (--text with --image is for image-text models such as --model clip).")
+    given = "text" if args.text else "image"
+    if given != explainer.adapter.modality:
+        raise ToolkitError(f"{explainer.name} explains {explainer.adapter.modality}s, not {given}s: give "
+                           f"--{explainer.adapter.modality} instead, or a model for {given}s "
+                           f"({'--model vit' if given == 'image' else f'--model {OFFLINE_MODEL}'}).")
+
+
+# --- image-text models: CLIP (--text), VQA (--question), captioning (--caption, or none to generate) ------
+def explain_image_text(explainer: Explainer, args) -> int:
+    """Explain each (image, text / question / caption) pair; print what the model said about it, and save
+    each explanation (.npz), its overlays (.png) and a page."""
+    task = explainer.adapter.task
+    keyword = IMAGE_TEXT_INPUTS[task]
+    given = {name: getattr(args, name) for name in ("text", "question", "caption") if getattr(args, name)}
+    wrong = sorted(set(given) - {keyword})
+    if wrong:
+        raise ToolkitError(f"--{wrong[0]} does not apply to {explainer.name} ({task}): it takes --image with "
+                           f"--{keyword}.")
+    if not args.image:
+        raise ToolkitError(f"{explainer.name} ({task}) explains images: give --image PATH (repeatable) with "
+                           f"--{keyword} '...'.")
+    if keyword != "caption" and keyword not in given:
+        raise ToolkitError(f"{explainer.name} ({task}) needs --{keyword} '...' (repeatable) with --image: "
+                           + ("the texts to compare each image with." if keyword == "text"
+                              else "the question to answer about each image."))
+    images, values = list(args.image), given.get(keyword)
+    if keyword == "caption" and values is not None and len(values) == 1:
+        values = values[0]  # one caption for every image
+    results = explainer.explain(image=images, method=args.method, target=_parse_target(args.target),
+                                start_layer=args.start_layer, **({keyword: values} if values is not None else {}))
+    if keyword == "text":
+        owners = [i for i, _ in pair_grid(images, values)]
+    elif keyword == "question":
+        owners = [i for i, _ in pair_up(len(images), len(values))]
+    else:
+        owners = list(range(len(images)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for index, (exp, owner) in enumerate(zip(results, owners)):
+        stem = out / f"explanation_{index:03d}"
+        exp.save(stem.with_suffix(".npz"))
+        heading = _image_text_heading(exp, images[owner])
+        print(f"\n[{index}] {explainer.name} | {exp.method} | {heading}")
+        figures = []
+        if exp.heatmap is not None:
+            exp.overlay(colour_bar=True).save(stem.with_suffix(".png"))
+            figures.append(_figure(stem.with_suffix(".png").name, "relevance of the image" if exp.steps is None
+                                   else "image relevance, mean over the caption's tokens"))
+            print(f"    image relevance {exp.heatmap.shape} -> {stem.with_suffix('.png')}; "
+                  f"peak at patch {_peak(exp.heatmap)}")
+        if exp.steps is not None:
+            for number, step in enumerate(exp.steps):
+                path = out / f"{stem.name}_token{number:02d}.png"
+                render.heatmap_overlay(exp.image, step.heatmap, colour_bar=True).save(path)
+                figures.append(_figure(path.name, step.token))
+                print(f"    {step.token:>14s} p={np.exp(step.log_prob):.3f}  image peak at patch "
+                      f"{_peak(step.heatmap)}  {_strongest_context(step)}")
+            text_side = ""
+        else:
+            content = [k for k in range(len(exp.tokens)) if not _is_special(exp, k, explainer)]
+            strongest = sorted(content, key=lambda k: -float(exp.scores[k]))[: args.top]
+            print("    text relevance: " + ", ".join(f"{exp.tokens[k]} {float(exp.scores[k]):+.4f}" for k in strongest))
+            text_side = exp.to_html()
+        sections.append(f"<h3>{html.escape(heading)}</h3>{text_side}"
+                        f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(figures)}</div>')
+    _save_page(out, sections, len(results))
     return 0
+
+
+def _image_text_heading(exp, image: str) -> str:
+    if exp.similarity is not None:
+        return (f"{image} | text {exp.text!r}: similarity {exp.similarity:.3f} "
+                f"(p={exp.probability:.3f} among the texts given for this image)")
+    if exp.answer is not None:
+        return f"{image} | question {exp.text!r} -> answer {exp.answer!r} (p={exp.probability:.3f})"
+    return f"{image} | caption {exp.caption!r} (p={exp.probability:.3f}, {len(exp.steps or [])} tokens explained)"
+
+
+def _is_special(exp, index: int, explainer: Explainer) -> bool:
+    """Whether token ``index`` is a special token ([CLS], [SEP], ...), which the printed summary leaves out."""
+    if exp.special_tokens is not None:
+        return bool(exp.special_tokens[index])
+    tokenizer = getattr(explainer.adapter.processor, "tokenizer", None)
+    return exp.tokens[index] in set(getattr(tokenizer, "all_special_tokens", ()))
+
+
+def _strongest_context(step) -> str:
+    """The most relevant earlier caption token, leaving out the position the step is read at (its own row
+    of the relevance map, which holds the identity's share)."""
+    context = step.text_scores[:-1]
+    if not context.size:
+        return "no earlier token"
+    best = int(np.argmax(context))
+    return f"strongest earlier token: {step.text_tokens[best]} ({float(context[best]):+.3f})"
+
+
+def _figure(source: str, caption: str) -> str:
+    return (f'<figure style="margin:0;text-align:center"><img src="{html.escape(source)}" width="224">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _peak(heatmap: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the largest relevance on the patch grid."""
+    row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(row), int(column)
 
 
 def benchmark_command(args) -> int:
@@ -105,19 +253,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     explain = commands.add_parser("explain", help="explain texts or images with a model")
     explain.add_argument("--model", default=OFFLINE_MODEL,
-                         help=f"hub name, local folder or timm name (default: {OFFLINE_MODEL}, a zero-shot "
+                         help=f"a built-in model ({', '.join(zoo.MODULES)}: scene models that work offline), a hub "
+                              f"name, local folder, timm or open_clip name (default: {OFFLINE_MODEL}, a zero-shot "
                               "classifier over the MiniLM encoder shipped on PyPI; works offline)")
-    explain.add_argument("--source", default="auto", choices=["auto", "hf", "timm"])
-    explain.add_argument("--text", action="append", help="a text to explain (repeatable)")
+    explain.add_argument("--source", default="auto", choices=["auto", "hf", "timm", "open_clip"])
+    explain.add_argument("--text", action="append", help="a text to explain (repeatable); with --image, the texts "
+                                                          "CLIP compares each image with")
     explain.add_argument("--image", action="append", help="an image file to explain (repeatable)")
+    explain.add_argument("--question", action="append", help="with --image: a question for a VQA model (repeatable)")
+    explain.add_argument("--caption", action="append", help="with --image: the caption a captioner explains "
+                                                             "(one for all images, or one per image; default: "
+                                                             "the caption it generates)")
     explain.add_argument("--method", choices=list_methods(),
                          help="default: the model's own (transformer_attribution where LRP applies, else generic)")
-    explain.add_argument("--target", help="class index or label name (default: the predicted class)")
+    explain.add_argument("--target", help="class index or label name, or a VQA answer (default: the predicted one)")
     explain.add_argument("--labels", help="zero-shot labels: 'positive=I loved it;negative=I hated it'")
     explain.add_argument("--start-layer", type=int, default=0)
     explain.add_argument("--batch-size", type=int, default=16)
     explain.add_argument("--top", type=int, default=8, help="how many words to print")
-    explain.add_argument("--random-weights", action="store_true", help="timm: random weights (no download)")
+    explain.add_argument("--random-weights", action="store_true",
+                         help="timm and open_clip: random weights (no download)")
     explain.add_argument("--out", default="explanations", help="folder for .npz, .png and index.html")
     benchmark = commands.add_parser("benchmark", help="score every method on the built-in models against "
                                                       "the scenes' ground truth")

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..core.capture import Recorder
 from ..core.spec import ModelSpec
-from ..errors import InputError
+from ..labels import find_label
 
 
 @dataclass
@@ -84,8 +84,5 @@ class ModelAdapter(ABC):
         return {int(k): str(v) for k, v in id2label.items()}
 
     def label_index(self, name: str) -> int:
-        """Class index of a label name, case-insensitively."""
-        lookup = {v.lower(): k for k, v in self.labels.items()}
-        if name.lower() not in lookup:
-            raise InputError(f"Unknown label {name!r}; this model's labels are {sorted(self.labels.values())}.")
-        return lookup[name.lower()]
+        """Class index of a label name, case-insensitively or by any of its comma-separated synonyms."""
+        return find_label(name, self.labels)

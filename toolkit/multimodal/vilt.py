@@ -6,7 +6,6 @@ the question tokens (``scores``) and over the patches (``heatmap``, on the patch
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch.nn as nn
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
 from ..images import original_geometry
+from ..labels import find_label
 from ..methods import Method
 from ..text import encoded_words, word_scores
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
@@ -44,21 +44,16 @@ def check_load(name: str, architecture: str) -> None:
 
 
 def answer_targets(target: Any, count: int, labels: dict[int, str], num_answers: int) -> list[int | None]:
-    """One answer index per pair (None: the predicted answer), from None, an index, an answer name,
-    or a list of these, one per pair."""
+    """One answer index per pair (None: the predicted answer), from None, an index, an answer name (in any
+    case), or a list of these, one per pair."""
     targets = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(targets) != count:
         raise InputError(f"{len(targets)} targets given for {count} (image, question) pairs.")
-    names = {name: index for index, name in labels.items()}
     examples = ", ".join(repr(labels.get(i, str(i))) for i in range(min(num_answers, 8)))
     resolved: list[int | None] = []
     for item in targets:
         if isinstance(item, str):
-            if item not in names:
-                close = difflib.get_close_matches(item, list(names), n=5)
-                hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"answers include {examples}."
-                raise InputError(f"Unknown answer {item!r} for this model ({num_answers} answers); {hint}")
-            item = names[item]
+            item = find_label(item, labels, "answer")
         elif item is not None and (isinstance(item, bool) or not isinstance(item, (int, np.integer))):
             raise InputError(f"target must be an answer index, an answer name or None; got {item!r}.")
         if item is not None and not 0 <= int(item) < num_answers:
