@@ -107,9 +107,12 @@ def test_colour_bar_shows_the_scale_and_attaches_below_an_overlay():
     assert not np.array_equal(sequential, other)
     overlay = render.heatmap_overlay(GREY, np.array([[0.0, 0.6]]))
     combined = render.heatmap_overlay(GREY, np.array([[0.0, 0.6]]), colour_bar=True)
-    assert combined.height > overlay.height and combined.width == 160  # at least 160 pixels wide
-    left = (combined.width - overlay.width) // 2
-    np.testing.assert_array_equal(np.asarray(combined)[:40, left:left + 60], np.asarray(overlay))
+    # A small picture is enlarged (nearest neighbour) to the display width before the bar goes below it.
+    enlarged = overlay.resize((256, round(overlay.height * 256 / overlay.width)), Image.Resampling.NEAREST)
+    assert combined.width == 256 and combined.height > enlarged.height
+    np.testing.assert_array_equal(np.asarray(combined)[:enlarged.height], np.asarray(enlarged))
+    wide = Image.new("RGB", (400, 30), (128, 128, 128))
+    assert render.with_colour_bar(wide, render.colour_scale(np.array([0.0, 1.0]))).width == 400
 
 
 def test_region_overlay_paints_boxes_from_zero_with_their_sign():

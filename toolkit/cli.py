@@ -226,7 +226,7 @@ def _strongest_context(step) -> str:
 
 
 def _figure(source: str, caption: str) -> str:
-    return (f'<figure style="margin:0;text-align:center"><img src="{html.escape(source)}" width="224">'
+    return (f'<figure style="margin:0;text-align:center"><img src="{html.escape(source)}" width="256">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 

@@ -183,10 +183,17 @@ def colour_bar(scale: ColourScale, width: int = 256, alpha: float = DEFAULT_ALPH
     return bar
 
 
+MIN_DISPLAY_SIDE = 256
+
+
 def with_colour_bar(picture: Image.Image, scale: ColourScale, alpha: float = DEFAULT_ALPHA,
                     colormap: str | None = None, title: str = "relevance") -> Image.Image:
-    """``picture`` with :func:`colour_bar` attached below, as wide as the picture (at least 160 pixels)."""
-    bar = colour_bar(scale, width=max(picture.width, 160), alpha=alpha, colormap=colormap, title=title)
+    """``picture`` with :func:`colour_bar` attached below, as wide as the picture; a picture narrower than
+    MIN_DISPLAY_SIDE pixels (a 64x64 scene) is enlarged to it first, so that it can be read beside its scale."""
+    if picture.width < MIN_DISPLAY_SIDE:
+        factor = MIN_DISPLAY_SIDE / picture.width
+        picture = picture.resize((MIN_DISPLAY_SIDE, round(picture.height * factor)), Image.Resampling.NEAREST)
+    bar = colour_bar(scale, width=picture.width, alpha=alpha, colormap=colormap, title=title)
     combined = Image.new("RGB", (bar.width, picture.height + bar.height), "white")
     combined.paste(picture.convert("RGB"), ((bar.width - picture.width) // 2, 0))
     combined.paste(bar, (0, picture.height))
