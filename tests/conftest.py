@@ -157,6 +157,7 @@ class Case:
     processor: Any
     inputs: Any                   # list of texts / (text, text) pairs, or a (B, 3, H, W) tensor
     modality: str
+    dtype: torch.dtype = torch.float32  # of the model's parameters and of image inputs
     _model: nn.Module | None = field(default=None, repr=False)
     _reference: nn.Module | None = field(default=None, repr=False)
     _runs: dict = field(default_factory=dict, repr=False)
@@ -165,7 +166,7 @@ class Case:
     def model(self) -> nn.Module:
         """The model under test, with its default fused attention."""
         if self._model is None:
-            self._model = self.make()
+            self._model = self.make().to(self.dtype)
         return self._model
 
     @property
@@ -251,9 +252,9 @@ def _image_processor():
     return ViTImageProcessor(size={"height": 32, "width": 32})
 
 
-def build_cases(tokenizer) -> dict[str, Case]:
+def build_cases(tokenizer, dtype: torch.dtype = torch.float32) -> dict[str, Case]:
     v = tokenizer.vocab_size
-    return {
+    cases = {
         "bert": Case("bert", "bert", lambda: make_bert(v), tokenizer, TEXTS, "text"),
         "bert_pair": Case("bert_pair", "bert", lambda: make_bert(v), tokenizer, PAIRS, "text"),
         "distilbert": Case("distilbert", "distilbert", lambda: make_distilbert(v), tokenizer, TEXTS[:3], "text"),
@@ -263,6 +264,11 @@ def build_cases(tokenizer) -> dict[str, Case]:
         "hf_vit": Case("hf_vit", "hf-vit", make_hf_vit, _image_processor(), make_pixels(3, seed=7), "image"),
         "timm_vit": Case("timm_vit", "timm-vit", make_timm_vit, None, make_pixels(3, seed=8), "image"),
     }
+    for case in cases.values():
+        case.dtype = dtype
+        if case.modality == "image":
+            case.inputs = case.inputs.to(dtype)
+    return cases
 
 
 CASE_NAMES = ["bert", "bert_pair", "distilbert", "roberta", "electra", "albert", "hf_vit", "timm_vit"]
@@ -272,6 +278,13 @@ CASE_NAMES = ["bert", "bert_pair", "distilbert", "roberta", "electra", "albert",
 def cases(wordpiece) -> dict[str, Case]:
     """Session-wide cases (the models are never modified by explain; each is built lazily once)."""
     return build_cases(wordpiece)
+
+
+@pytest.fixture(scope="session")
+def cases_float64(wordpiece) -> dict[str, Case]:
+    """The same cases with float64 models and images, for comparisons that full LRP's conditioning
+    makes meaningless in float32 (see tests/test_lrp_reference.py)."""
+    return build_cases(wordpiece, torch.float64)
 
 
 @pytest.fixture

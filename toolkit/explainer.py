@@ -16,6 +16,7 @@ from . import loading
 from .adapters import Batch, ModelAdapter, adapter_for
 from .core.capture import Recorder
 from .core.explicit_attention import explicit_attention
+from .core.lrp import working
 from .core.propagation import lrp_through_layers
 from .core.trace import Trace
 from .errors import InputError, UnsupportedModelError
@@ -175,7 +176,7 @@ class Explainer:
             if method.needs_lrp:
                 lowest = method.lowest_lrp_layer(len(spec.layers))
                 first, trace.attention_relevance = lrp_through_layers(
-                    spec, rec, [p.float() for p in trace.probs], target_ids, batch.token_mask.shape[1], lowest)
+                    spec, rec, [working(p) for p in trace.probs], target_ids, batch.token_mask.shape[1], lowest)
                 if method.needs_input_relevance:
                     trace.input_relevance = self.adapter.input_relevance(rec, first, batch)
         with torch.no_grad():

@@ -95,24 +95,25 @@ class VisionTransformerAdapter(ModelAdapter):
         """Pixel relevance (B, H, W): through the position-embedding addition, then the z^B rule on the patch conv."""
         conv = self.patch_conv()
         call = rec.call(conv)
-        patches = call.output.float()
+        patches = lrp.working(call.output)
         b, d, gh, gw = patches.shape
-        prefix = self.prefix_tokens().detach().float().expand(b, -1, -1)
+        prefix = lrp.working(self.prefix_tokens()).expand(b, -1, -1)
         tokens = torch.cat([prefix, patches.flatten(2).transpose(1, 2)], dim=1)
-        layer_input = rec.call(self.spec.layers[0].block, self.spec.layers[0].call).input.float()
+        layer_input = lrp.working(rec.call(self.spec.layers[0].block, self.spec.layers[0].call).input)
         r_tokens, _ = lrp.residual_add(tokens, layer_input - tokens, first_layer_relevance)
         r_patches = r_tokens[:, self.num_prefix_tokens:].transpose(1, 2).reshape(b, d, gh, gw)
         with torch.no_grad():
-            pixels = lrp.patch_embedding_zb(call.input.float(), _float_conv(conv), r_patches)
+            pixels = lrp.patch_embedding_zb(lrp.working(call.input), _working_conv(conv), r_patches)
         return pixels.sum(dim=1)
 
 
-def _float_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    if conv.weight.dtype == torch.float32:
+def _working_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    dtype = lrp.working_dtype(conv.weight.dtype)
+    if conv.weight.dtype == dtype:
         return conv
     copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                      conv.dilation, conv.groups, bias=False).to(conv.weight.device)
-    copy.weight.data = conv.weight.detach().float()
+    copy.weight.data = conv.weight.detach().to(dtype)
     return copy
 
 

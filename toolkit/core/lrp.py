@@ -8,7 +8,8 @@ Visualization" (CVPR 2021), applied to tensors captured from a stock model.
   |sum R_operand| and the total is conserved ("normalised" residual);
 - the pixel-facing patch embedding: the z^B rule, bounded by each image's lowest and highest value.
 
-Every function works on a batch; sums that the rules normalise by are taken per sample.
+Every function works on a batch; sums that the rules normalise by are taken per sample. The rules run
+in float32, or in float64 for a float64 model (see :func:`working`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ import torch
 import torch.nn.functional as F
 
 EPS = 1e-9
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision models, the model's own dtype otherwise (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def working(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in :func:`working_dtype`. The rules divide by sums that nearly cancel, which amplifies
+    rounding (float32 runs of the same rules can differ by several 1e-3 of the maximum); float64 models keep
+    float64."""
+    return t.detach().to(working_dtype(t.dtype))
 
 
 def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

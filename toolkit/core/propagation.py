@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import lrp
+from .lrp import working
 from .capture import Recorder
 from .spec import LayerSpec, ModelSpec
 
@@ -26,6 +27,7 @@ def propagate_row(readout: torch.Tensor, maps: list[torch.Tensor], start_layer: 
     """readout^T (M_L ... M_start) with M_l = maps[l] (+ I) (rows normalised), as a (B, N) row."""
     row = readout
     for matrix in reversed(maps[start_layer:]):
+        row = row.to(matrix.dtype)  # LRP relevance is float64 for a float64 model
         if normalise_rows:
             matrix = matrix + torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
             matrix = matrix / matrix.sum(dim=-1, keepdim=True)
@@ -60,49 +62,47 @@ def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().float()
-
-
 def _projection_relevance(spec: LayerSpec, rec: Recorder, r_q, r_k, r_v) -> torch.Tensor:
     """Relevance of the attention input, through the Q, K, V projections (fused or separate)."""
     c = spec.call
     if spec.qkv is not None:
         call = rec.call(spec.qkv, c)
         r_qkv = torch.cat([_merge_heads(r) for r in (r_q, r_k, r_v)], dim=-1)
-        return lrp.linear_alpha1_beta0(_f32(call.input), _f32(spec.qkv.weight), r_qkv)
+        return lrp.linear_alpha1_beta0(working(call.input), working(spec.qkv.weight), r_qkv)
     total = 0
     for linear, r in zip((spec.query, spec.key, spec.value), (r_q, r_k, r_v)):
-        total = total + lrp.linear_alpha1_beta0(_f32(rec.call(linear, c).input), _f32(linear.weight), _merge_heads(r))
+        total = total + lrp.linear_alpha1_beta0(working(rec.call(linear, c).input), working(linear.weight),
+                                                _merge_heads(r))
     return total
 
 
 def _qkv(spec: LayerSpec, rec: Recorder):
     c, h = spec.call, spec.num_heads
     if spec.qkv is not None:
-        out = _f32(rec.call(spec.qkv, c).output)
+        out = working(rec.call(spec.qkv, c).output)
         b, n, _ = out.shape
         q, k, v = out.reshape(b, n, 3, h, -1).permute(2, 0, 3, 1, 4)
         return q, k, v
-    return tuple(_split_heads(_f32(rec.call(m, c).output), h) for m in (spec.query, spec.key, spec.value))
+    return tuple(_split_heads(working(rec.call(m, c).output), h) for m in (spec.query, spec.key, spec.value))
 
 
 def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, probs: torch.Tensor):
     """Relevance of the layer's input and of its attention map, from the relevance of its output."""
     c = spec.call
-    x = _f32(rec.call(spec.block, c).input)
-    attn_out = _f32(rec.call(spec.attn_branch, c).output)
-    mlp_out = _f32(rec.call(spec.mlp_branch, c).output)
-    fc1_in = _f32(rec.call(spec.fc1, c).input)
+    x = working(rec.call(spec.block, c).input)
+    attn_out = working(rec.call(spec.attn_branch, c).output)
+    mlp_out = working(rec.call(spec.mlp_branch, c).output)
+    fc1_in = working(rec.call(spec.fc1, c).input)
     # Pre-LN: the MLP's residual stream is x + attention; post-LN: it is the LayerNorm output, fc1's input.
     mid = x + attn_out if spec.norm_first else fc1_in
 
     r_mid_skip, r_mlp = lrp.residual_add(mid, mlp_out, relevance)
-    r_hidden = lrp.linear_alpha1_beta0(_f32(rec.call(spec.fc2, c).input), _f32(spec.fc2.weight), r_mlp)
-    r_mid = r_mid_skip + lrp.linear_alpha1_beta0(fc1_in, _f32(spec.fc1.weight), r_hidden)
+    r_hidden = lrp.linear_alpha1_beta0(working(rec.call(spec.fc2, c).input), working(spec.fc2.weight), r_mlp)
+    r_mid = r_mid_skip + lrp.linear_alpha1_beta0(fc1_in, working(spec.fc1.weight), r_hidden)
 
     r_x_skip, r_attn = lrp.residual_add(x, attn_out, r_mid)
-    r_context = lrp.linear_alpha1_beta0(_f32(rec.call(spec.out_proj, c).input), _f32(spec.out_proj.weight), r_attn)
+    r_context = lrp.linear_alpha1_beta0(working(rec.call(spec.out_proj, c).input), working(spec.out_proj.weight),
+                                        r_attn)
     q, k, v = _qkv(spec, rec)
     r_probs, r_q, r_k, r_v = lrp.attention_core(q, k, v, probs, _split_heads(r_context, spec.num_heads))
     return r_x_skip + _projection_relevance(spec, rec, r_q, r_k, r_v), r_probs
@@ -117,11 +117,12 @@ def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor]
     below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones.
     """
     spec.check_lrp()
-    relevance = torch.zeros(targets.shape[0], spec.head[-1].out_features, device=targets.device)
+    dtype = lrp.working_dtype(spec.head[-1].weight.dtype)
+    relevance = torch.zeros(targets.shape[0], spec.head[-1].out_features, dtype=dtype, device=targets.device)
     relevance[torch.arange(targets.shape[0]), targets] = 1.0
     for linear in reversed(spec.head):
-        relevance = lrp.linear_alpha1_beta0(_f32(rec.call(linear).input), _f32(linear.weight), relevance)
-    tokens = torch.zeros(targets.shape[0], num_tokens, relevance.shape[-1], device=relevance.device)
+        relevance = lrp.linear_alpha1_beta0(working(rec.call(linear).input), working(linear.weight), relevance)
+    tokens = relevance.new_zeros(targets.shape[0], num_tokens, relevance.shape[-1])
     tokens[:, spec.readout_index] = relevance
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):

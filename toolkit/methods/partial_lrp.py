@@ -18,4 +18,5 @@ class PartialLRP(Method):
         return num_layers - 1
 
     def attribute(self, trace: Trace) -> torch.Tensor:
-        return torch.einsum("bi,bij->bj", trace.readout, head_mean_positive(trace.attention_relevance[-1]))
+        relevance = head_mean_positive(trace.attention_relevance[-1])
+        return torch.einsum("bi,bij->bj", trace.readout.to(relevance.dtype), relevance)
