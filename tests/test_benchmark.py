@@ -11,9 +11,10 @@ from torchvision import transforms
 
 from toolkit import ConfigError, Explainer
 from toolkit.cli import main
+from toolkit.errors import ToolkitWarning
 from toolkit.evaluation.benchmark import (IMAGE_METHODS, METRICS, BenchmarkRow, BenchmarkSettings,
                                           benchmark_image_classifier, compare_methods, default_task, format_table,
-                                          run_task, save_rows)
+                                          run_benchmark, run_task, save_rows)
 from toolkit.scenes import LABEL_VALUES, SceneConfig, SceneGenerator
 from toolkit.zoo.common import BENCHMARK_SEED, scenes
 
@@ -116,6 +117,9 @@ def test_command_runs_a_config_and_flags_win(tmp_path, capsys):
     ("models: [vit, bert]\n", r"Unknown models \['bert'\]"),
     ("methods: rollout,nope\n", r"Unknown methods \['nope'\]"),
     ("- scenes\n", "must be a mapping"),
+    ("42\n", "must be a mapping of keys to values .*not a int"),
+    ("", "is empty: give some of the keys"),
+    ("# models: [vit]\n", "is empty"),
 ])
 def test_config_errors_say_what_is_valid(tmp_path, text, message):
     config = tmp_path / "bad.yaml"
@@ -123,6 +127,25 @@ def test_config_errors_say_what_is_valid(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         BenchmarkSettings.from_yaml(config)
     assert main(["benchmark", "--config", str(config)]) == 2
+
+
+def test_a_benchmark_that_computes_nothing_is_refused(tmp_path, capsys):
+    nothing = (r"Nothing to compute: none of the methods \['lrp'\] applies to scene-clip \(scene-clip supports "
+               r"attention_gradcam, generic, raw_attention, rollout\)")
+    with pytest.raises(ConfigError, match=nothing):
+        run_benchmark(BenchmarkSettings(scenes=2, models=("clip",), methods=("lrp",), out=str(tmp_path / "api")))
+    with pytest.raises(ConfigError, match=nothing):
+        run_task(default_task("clip", BENCHMARK_SEED), scenes(2, BENCHMARK_SEED), ("lrp",))
+    assert main(["benchmark", "--models", "clip", "--methods", "lrp", "--out", str(tmp_path / "cli")]) == 2
+    assert "Nothing to compute" in capsys.readouterr().err
+    assert not (tmp_path / "api").exists() and not (tmp_path / "cli").exists()
+
+
+def test_models_no_method_applies_to_are_left_out_with_a_warning(tmp_path):
+    settings = BenchmarkSettings(scenes=2, models=("vit", "clip"), methods=("lrp",), out=str(tmp_path))
+    with pytest.warns(ToolkitWarning, match=r"Left out: none of the methods \['lrp'\] applies to scene-clip"):
+        rows = run_benchmark(settings)
+    assert [(row.model, row.method) for row in rows] == [("scene-vit", "lrp")]
 
 
 def test_comparisons_are_paired_and_signed_so_that_positive_is_better():

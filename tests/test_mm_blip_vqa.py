@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
 
-from toolkit import Explainer, InputError, UnsupportedModelError
+from toolkit import Explainer, InputError, ToolkitWarning, UnsupportedModelError
 
 QUESTIONS = ["what colour is the ball?", "how many dogs"]
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40, initializer_range=0.3)
@@ -154,3 +154,40 @@ def test_vqa_refuses_what_it_cannot_do(vqa):
         ex.explain(image=images[0], question="why?", caption="a dog")
     with pytest.raises(InputError, match="start_layer"):
         ex.explain(image=images[0], question="why?", start_layer=1)
+
+
+def test_questions_and_answers_beyond_the_text_positions_are_cut_with_the_words_named(vqa):
+    model, processor, images = vqa
+    kept = ("what colour is the ball " * 12 + "what colour").strip()
+    with pytest.warns(ToolkitWarning, match=r"Question #0 is 71 tokens long but the model reads at most 64.*"
+                                            r"'is the ball behind the red door' is left out"):
+        exp = Explainer(model, processor).explain(image=images[0], question=kept + " is the ball behind the red door",
+                                                  answer="red")
+    assert exp.text == kept and len(exp.tokens) == 64
+    heatmap, scores, log_p = reference(copy.deepcopy(model), processor, images[0], kept,
+                                       processor.tokenizer("red", add_special_tokens=False)["input_ids"], "generic")
+    torch.testing.assert_close(torch.from_numpy(exp.scores), scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(exp.heatmap), heatmap[1:].reshape(4, 4), rtol=1e-4, atol=1e-6)
+    with pytest.warns(ToolkitWarning, match=r"Answer #0 is 66 tokens long but the model reads at most 63.*"
+                                            r"'two red balls' is left out"):
+        long_answer = Explainer(model, processor).explain(image=images[0], question="how many",
+                                                          answer="two red balls " * 22)
+    assert long_answer.answer == ("two red balls " * 21).strip()
+
+
+def test_generated_answer_stops_at_the_decoders_last_position(vqa):
+    model, processor, images = vqa
+    endless = copy.deepcopy(model)
+    with torch.no_grad():
+        endless.text_decoder.cls.predictions.bias[102] = -1e4  # the answer never ends
+    with pytest.warns(ToolkitWarning, match="fills the answer decoder's 63 positions without ending"):
+        exp = Explainer(endless, processor).explain(image=images[0], question="how many", max_new_tokens=80)
+    assert len(processor.tokenizer(exp.answer, add_special_tokens=False)["input_ids"]) == 63
+
+
+def test_unknown_words_and_the_answer_explained(vqa):
+    model, processor, images = vqa
+    with (pytest.warns(ToolkitWarning, match=r"Answer #0: '\u2603' is not in the model's vocabulary"),
+          pytest.warns(ToolkitWarning, match=r"Question #0: '\u2603' is not in the model's vocabulary")):
+        exp = Explainer(model, processor).explain(image=images[0], question="is the \u2603 red", answer="\u2603")
+    assert "[UNK]" in exp.tokens and exp.answer == "[UNK]"

@@ -14,7 +14,7 @@ from transformers import (AutoTokenizer, BertConfig, BlipConfig, BlipForConditio
                           BlipProcessor, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor, GPT2Config,
                           ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
 
-from toolkit import Explainer, InputError, UnsupportedModelError
+from toolkit import Explainer, InputError, ToolkitWarning, UnsupportedModelError
 from toolkit.explanation import Explanation
 
 FAMILIES = ("blip", "ved-gpt2", "ved-bert", "git")
@@ -190,7 +190,7 @@ def test_every_step_of_two_generated_captions_matches_the_reference(models, imag
         assert all(step.heatmap.std() > 0 for step in exp.steps)
         np.testing.assert_allclose(exp.heatmap, np.mean([s.heatmap for s in exp.steps], axis=0), rtol=1e-6)
         assert exp.probability == pytest.approx(np.exp(sum(s.log_prob for s in exp.steps)), rel=1e-5)
-        assert exp.caption == processor.tokenizer.decode([s.token_id for s in exp.steps], skip_special_tokens=True)
+        assert exp.caption == processor.tokenizer.decode([s.token_id for s in exp.steps])  # every token explained
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -284,3 +284,17 @@ def test_captioning_refuses_what_it_cannot_do(models, images):
         ex.explain(caption="a dog")
     git = Explainer(*models["git"]).explain(image=images[0], caption="a dog", method="rollout", start_layer=1)
     assert len(git.steps) == 2
+
+
+@pytest.mark.parametrize("family", ["blip", "ved-gpt2", "git"])
+def test_caption_beyond_the_decoders_positions_is_cut_with_the_words_named(models, images, family):
+    model, processor = models[family]
+    ex = Explainer(model, processor)
+    with pytest.warns(ToolkitWarning, match=r"Caption #0 is 65 tokens long but the model reads at most 63: it is cut "
+                                            r"to 63 and 'the grass' is left out"):
+        exp = ex.explain(image=images[0], caption="a dog on the grass " * 13)
+    assert len(exp.steps) == 63 and exp.caption == ("a dog on the grass " * 12 + "a dog on").strip()
+    first = ex.explain(image=images[0], caption="a dog on the grass")  # the decoder is causal: the same first steps
+    for a, b in zip(exp.steps, first.steps):
+        np.testing.assert_allclose(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from toolkit import Explainer, InputError, ModelLoadError, UnsupportedModelError
+from toolkit import Explainer, InputError, ModelLoadError, ToolkitWarning, UnsupportedModelError
 
 TEXTS = ["a dog", "a cat sitting on a warm mat", "red"]
 TINY = "toolkit-tiny-vit"
@@ -266,3 +266,25 @@ def test_overlay_on_the_original_image_follows_the_transforms(clip):
     np.testing.assert_allclose(exp.crop_box, [0, 3 * 48 / 38, 40, 35 * 48 / 38], atol=1e-3)
     np.testing.assert_array_equal(exp.original_image, np.asarray(image))
     assert exp.overlay(on="original").size == image.size
+
+
+def test_text_beyond_the_context_is_cut_with_the_words_named(clip):
+    model, processor, image = clip
+    kept = "a dog on the grass a dog on the grass a dog near a"
+    with pytest.warns(ToolkitWarning, match=r"Text #0 is 18 tokens long but the model reads at most 16: it is cut to "
+                                            r"16 and 'tall tree' is left out"):
+        exp = Explainer(model, processor).explain(image=image, text=kept + " tall tree", method="generic")[0]
+    assert exp.text == kept and len(exp.tokens) == 16 and exp.tokens[-1] == "<end_of_text>"
+    heatmap, text_rel, cosine = reference(model, processor, image, kept, "generic")
+    torch.testing.assert_close(torch.from_numpy(exp.scores), text_rel, rtol=1e-4, atol=1e-6)
+    assert exp.similarity == pytest.approx(cosine, rel=1e-4, abs=1e-6)
+
+
+def test_tokenizer_of_another_context_length(clip):
+    model, (preprocess, tokenizer), image = clip
+    wide = open_clip.get_tokenizer("ViT-B-32")  # 77 tokens; this model reads 16
+    exp = Explainer(model, (preprocess, wide)).explain(image=image, text="a dog", method="generic")[0]
+    same = Explainer(model, (preprocess, tokenizer)).explain(image=image, text="a dog", method="generic")[0]
+    np.testing.assert_allclose(exp.scores, same.scores, rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match="gives 77 tokens per text but this model reads 16"):
+        Explainer(model, (preprocess, lambda texts: wide(texts))).explain(image=image, text="a dog")

@@ -4,14 +4,14 @@ Hugging Face and timm models, batched and faithful to the papers' equations."""
 __version__ = "0.1.0"
 
 from .adapters import register_adapter, supported_families
-from .errors import (ConfigError, InputError, ModelLoadError, ToolkitError, UnknownMethodError,
+from .errors import (ConfigError, InputError, ModelLoadError, ToolkitError, ToolkitWarning, UnknownMethodError,
                      UnsupportedModelError)
 from .explainer import Explainer
 from .explanation import Explanation
 from .methods import get_method, list_methods
 
 __all__ = [
-    "ConfigError", "Explainer", "Explanation", "InputError", "ModelLoadError", "ToolkitError",
+    "ConfigError", "Explainer", "Explanation", "InputError", "ModelLoadError", "ToolkitError", "ToolkitWarning",
     "UnknownMethodError", "UnsupportedModelError", "get_method", "list_methods", "register_adapter",
     "supported_families",
 ]

@@ -1,4 +1,13 @@
-"""Errors raised by the toolkit: each says what went wrong and what to do instead."""
+"""Errors raised by the toolkit: each says what went wrong and what to do instead; warnings when an input is
+read differently from how it was given."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
 
 class ToolkitError(Exception):
@@ -26,3 +35,16 @@ class ModelLoadError(ToolkitError, OSError):
 
 class ConfigError(ToolkitError, ValueError):
     """A batch-run configuration is malformed."""
+
+
+class ToolkitWarning(UserWarning):
+    """Something was changed or read differently from what was given (text cut to the model's length, words
+    outside its vocabulary, an image tensor resized): the result is still computed, but the user should know."""
+
+
+def warn(message: str) -> None:
+    """A ToolkitWarning attributed to the caller's own line: the first frame outside this package."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ToolkitWarning, stacklevel=level)

@@ -2,42 +2,42 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, warn
 
 MAX_SIDE = 4096  # larger images are downscaled first: no model here reads more, and memory stays bounded
 
 
 def to_rgb(image: Any, index: int = 0) -> Image.Image:
-    """An 8-bit RGB PIL image from a PIL image, array or file path, whatever its mode or bit depth.
+    """An 8-bit RGB PIL image from a PIL image, array, tensor or file path, whatever its mode or bit depth.
 
-    Transparency is composited on white; 16-bit and float data are rescaled to 0..255;
-    images larger than MAX_SIDE on a side are downscaled, keeping the aspect ratio.
+    Transparency is composited on white; 16-bit and float data are rescaled to 0..255; tensors are read as
+    arrays (HxWxC or CxHxW); images larger than MAX_SIDE on a side are downscaled, keeping the aspect ratio.
+    A file that is not a readable image (empty, truncated, another format) is an InputError naming it.
     """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"Image #{index}: no file at {path}.")
-        Image.MAX_IMAGE_PIXELS = None  # we downscale huge images ourselves below
-        image = Image.open(path)
-        image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
+        image = _open(Path(image), index)
+    if torch.is_tensor(image):
+        image = image.detach().cpu()
+        image = (image if image.dtype == torch.uint8 else image.float()).numpy()
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image, index)
+    elif isinstance(image, Image.Image):
+        image = _decoded(image, index)
     if not isinstance(image, Image.Image):
-        raise InputError(f"Image #{index} is a {type(image).__name__}; pass a PIL image, a numpy array, "
-                         "a file path, or a preprocessed pixel_values tensor.")
+        raise InputError(f"Image #{index} is a {type(image).__name__}; pass a PIL image, a numpy array or tensor "
+                         "(HxWx3 or 3xHxW), or a file path.")
     if image.width == 0 or image.height == 0:
         raise InputError(f"Image #{index} is empty ({image.width}x{image.height}).")
     if max(image.size) > MAX_SIDE:
         scale = MAX_SIDE / max(image.size)
-        warnings.warn(f"Image #{index} is {image.width}x{image.height}; downscaled to a {MAX_SIDE}-pixel side.",
-                      stacklevel=3)
+        warn(f"Image #{index} is {image.width}x{image.height}; downscaled to a {MAX_SIDE}-pixel side.")
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.LANCZOS if image.mode in ("RGB", "RGBA", "L") else Image.Resampling.NEAREST)
     return _mode_to_rgb(image)
@@ -59,6 +59,36 @@ def image_size(image: Any) -> tuple[int, int] | None:
         except Exception:  # noqa: BLE001 - unreadable files are reported by to_rgb with their path
             return None
     return None
+
+
+def _open(path: Path, index: int) -> Image.Image:
+    """The image in ``path``, decoded now: PIL opens lazily, so a broken file would otherwise fail later, deep
+    inside a processor."""
+    if not path.is_file():
+        raise InputError(f"Image #{index}: no file at {path}.")
+    Image.MAX_IMAGE_PIXELS = None  # we downscale huge images ourselves in to_rgb
+    try:
+        image = Image.open(path)
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        raise _unreadable(index, path, error) from error
+    image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
+    return _decoded(image, index, path)
+
+
+def _decoded(image: Image.Image, index: int, path: Any = None) -> Image.Image:
+    """``image`` with its pixels decoded (a truncated or corrupt file fails here, with its path named)."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        if path is not None:  # opened here: closed here
+            image.close()
+        raise _unreadable(index, path or getattr(image, "filename", None) or "the PIL image", error) from error
+    return image
+
+
+def _unreadable(index: int, path: Any, error: Exception) -> InputError:
+    return InputError(f"Image #{index}: {path} is not a readable image ({error}). Check that the file is complete "
+                      "and in an image format (JPEG, PNG, ...).")
 
 
 def _mode_to_rgb(image: Image.Image) -> Image.Image:

@@ -1,7 +1,10 @@
-"""Grouping sub-word pieces into words, so that relevance can be read per word."""
+"""Reading text as a model does (cut to its length, unknown words named) and grouping sub-word pieces into
+words, so that relevance can be read per word."""
 from __future__ import annotations
 
 from typing import Any
+
+from .errors import warn
 
 _WORD_START_MARKS = ("▁", "Ġ")
 
@@ -61,6 +64,14 @@ def encoded_words(encoding: Any, index: int, length: int, special: list[bool], t
                        texts=texts)
 
 
+def special_token_mask(tokenizer: Any, ids: list[int]) -> list[bool]:
+    """Which of ``ids`` are the tokenizer's special tokens ([CLS], [SEP], padding, ...). Its unknown token is not
+    one of them here: it stands for a word of the text, which displays and word scores keep."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    marks = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+    return [bool(mark) and token != unknown for mark, token in zip(marks, ids)]
+
+
 def word_scores(scores: Any, word_pieces: list[list[int]]) -> Any:
     """Each word's relevance: the sum over its pieces."""
     import numpy as np
@@ -83,3 +94,78 @@ def _segments_from_specials(groups: list[list[int]], special: list[bool]) -> lis
         seen_content = True
         position = group[-1] + 1
     return result
+
+
+# --- reading text as the model does ---------------------------------------------------------------
+def read_texts(tokenizer: Any, firsts: list[str], seconds: list[str] | None = None, *, limit: int,
+               what: str = "Text", first_index: int = 0, add_special_tokens: bool = True) -> list:
+    """Each text as the model reads it from ``tokenizer(firsts, seconds, truncation=True, max_length=limit)``,
+    with a warning for what it does not read as given.
+
+    A text longer than ``limit`` tokens is cut by that truncation: the warning names the words left out, and
+    the text returned is the part read (a pair for sentence pairs). Words the tokenizer reads as its unknown
+    token are named in a warning too. Messages call the texts ``what #i`` from ``first_index``.
+    """
+    read = []
+    for index, (parts, ids) in enumerate(zip(_parts(firsts, seconds), tokenizer(
+            firsts, seconds, add_special_tokens=add_special_tokens)["input_ids"]), start=first_index):
+        name = f"{what} #{index}"
+        if len(ids) > limit:
+            parts, dropped = _cut(tokenizer, parts, limit, add_special_tokens)
+            warn_cut(name, len(ids), limit, dropped)
+        unknown = _unknown_words(tokenizer, parts)
+        if unknown:
+            warn(f"{name}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in the model's "
+                 f"vocabulary and read as {tokenizer.unk_token}: the model cannot tell "
+                 f"{'it' if len(unknown) == 1 else 'them'} from any other unknown word. Use words it knows.")
+        read.append(parts[0] if seconds is None else parts)
+    return read
+
+
+def warn_cut(name: str, length: int, limit: int, dropped: str) -> None:
+    """Warn that ``name``, ``length`` tokens long, is cut to the model's ``limit``, ``dropped`` being the words
+    left out (quoted; empty when not known)."""
+    warn(f"{name} is {length} tokens long but the model reads at most {limit}: it is cut to {limit} and "
+         f"{dropped or 'its last tokens'} {'is' if dropped else 'are'} left out (neither read nor explained). "
+         "Shorten it to keep every word.")
+
+
+def _parts(firsts: list[str], seconds: list[str] | None) -> list[tuple[str, ...]]:
+    return [(first,) for first in firsts] if seconds is None else list(zip(firsts, seconds))
+
+
+def _cut(tokenizer: Any, parts: tuple[str, ...], limit: int, add_special_tokens: bool) -> tuple[tuple[str, ...], str]:
+    """(the part of each text that the truncation keeps, the words it leaves out). A fast tokenizer's offsets
+    give both from the original text; otherwise a single text is decoded from its tokens, and the words a pair
+    loses are not known."""
+    encoding = tokenizer(*parts, truncation=True, max_length=limit, add_special_tokens=add_special_tokens,
+                         return_offsets_mapping=getattr(tokenizer, "is_fast", False))
+    if "offset_mapping" in encoding:
+        left = getattr(tokenizer, "truncation_side", "right") == "left"
+        kept, dropped = [], []
+        for sequence, text in enumerate(parts):
+            spans = [span for span, owner in zip(encoding["offset_mapping"], encoding.sequence_ids())
+                     if owner == sequence and span[1] > span[0]]
+            edge = len(text) if left else 0
+            start, end = (spans[0][0], spans[-1][1]) if spans else (edge, edge)
+            kept.append(text[start:] if left else text[:end])
+            dropped.append(" ".join(piece.strip() for piece in (text[:start], text[end:]) if piece.strip()))
+        return tuple(kept), " / ".join(repr(words) for words in dropped if words)
+    if len(parts) > 1:
+        return parts, ""
+    ids = tokenizer(parts[0], add_special_tokens=False)["input_ids"]
+    kept_count = len(ids) - (len(tokenizer(parts[0], add_special_tokens=add_special_tokens)["input_ids"]) - limit)
+    return (tokenizer.decode(ids[:kept_count]).strip(),), repr(tokenizer.decode(ids[kept_count:]).strip())
+
+
+def _unknown_words(tokenizer: Any, parts: tuple[str, ...]) -> list[str]:
+    """The words of ``parts`` that the tokenizer reads as (or with) its unknown token."""
+    unknown_id = getattr(tokenizer, "unk_token_id", None)
+    if unknown_id is None:
+        return []
+    words = []
+    for text in parts:
+        if unknown_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            words += [word for word in text.split()
+                      if unknown_id in tokenizer(word, add_special_tokens=False)["input_ids"]]
+    return list(dict.fromkeys(words))

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..core.capture import Recorder
 from ..core.spec import LayerSpec, ModelSpec
 from ..errors import InputError, UnsupportedModelError
-from ..text import encoded_words, group_words
+from ..text import encoded_words, group_words, read_texts, special_token_mask
 from .base import Batch, ModelAdapter
 
 
@@ -45,16 +45,15 @@ class HFSequenceClassifierAdapter(ModelAdapter):
         return set(inspect.signature(self.model.forward).parameters)
 
     def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
+        """A batch from texts (or sentence pairs) or from preprocessed ``input_ids``. A text longer than the
+        model's positions is cut, and words outside the vocabulary read as unknown, each with a warning naming
+        the words (:func:`toolkit.text.read_texts`)."""
         if torch.is_tensor(inputs) or isinstance(inputs, Mapping):
             return self._prepare_encoded(inputs)
         firsts, seconds = _split_pairs(inputs, text_pair, first_index)
         tok = self.tokenizer
         limit = min(tok.model_max_length, getattr(self.model.config, "max_position_embeddings", 10**9))
-        lengths = [len(ids) for ids in tok(firsts, seconds, truncation=False)["input_ids"]]
-        for index, length in enumerate(lengths):
-            if length > limit:
-                warnings.warn(f"Text #{first_index + index} has {length} tokens; it is truncated to the model's "
-                              f"limit of {limit}.", stacklevel=5)
+        read = read_texts(tok, firsts, seconds, limit=limit, first_index=first_index)
         fast = getattr(tok, "is_fast", False)
         enc = tok(firsts, seconds, padding=True, truncation=True, max_length=limit, return_tensors="pt",
                   return_offsets_mapping=fast)
@@ -62,7 +61,7 @@ class HFSequenceClassifierAdapter(ModelAdapter):
         for i, sample in enumerate(batch.samples):
             sample.update(encoded_words(enc, i, sample["length"], sample["special"],
                                         (firsts[i], seconds[i] if seconds else None)))
-            sample["text"] = firsts[i] if not seconds else (firsts[i], seconds[i])
+            sample["text"] = read[i]
         return batch
 
     def _prepare_encoded(self, encoded: Any) -> Batch:
@@ -92,9 +91,7 @@ class HFSequenceClassifierAdapter(ModelAdapter):
         for row, valid in zip(input_ids, token_mask):
             ids = row[valid].tolist()
             tokens = tok.convert_ids_to_tokens(ids) if tok else [str(i) for i in ids]
-            special = (tok.get_special_tokens_mask(ids, already_has_special_tokens=True) if tok
-                       else [0] * len(ids))
-            special = [bool(s) for s in special]
+            special = special_token_mask(tok, ids) if tok else [False] * len(ids)
             sample = {"tokens": tokens, "special": special, "length": len(ids)}
             if tok:
                 sample.update(group_words(tokens, special, tokenizer=tok))

@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..core import lrp
 from ..core.capture import Recorder
 from ..core.spec import LayerSpec, ModelSpec
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..images import original_geometry, to_rgb
 from .base import Batch, ModelAdapter
 
@@ -47,12 +47,17 @@ class VisionTransformerAdapter(ModelAdapter):
     def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def input_size(self) -> tuple[int, int] | None:
+        """(height, width) of the pixel_values the model reads; None when it reads any size (or does not say)."""
+        return None
+
     # --- shared -------------------------------------------------------------------------------
     @property
     def num_prefix_tokens(self) -> int:
         return self.prefix_tokens().shape[1]
 
     def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
+        """A batch from images (PIL images, arrays, paths, image tensors) or preprocessed pixel_values."""
         if text_pair is not None:
             raise InputError("An image classifier takes no text_pair.")
         originals = []
@@ -60,6 +65,7 @@ class VisionTransformerAdapter(ModelAdapter):
             pixels = inputs.unsqueeze(0) if inputs.dim() == 3 else inputs
             if pixels.dim() != 4 or pixels.shape[1] != 3:
                 raise InputError(f"pixel_values must be shaped (B, 3, H, W); got {tuple(inputs.shape)}.")
+            pixels = self._model_sized(pixels, first_index)
         else:
             images = inputs if isinstance(inputs, (list, tuple)) else [inputs]
             if not images:
@@ -67,6 +73,10 @@ class VisionTransformerAdapter(ModelAdapter):
             rgb = [to_rgb(image, i) for i, image in enumerate(images, start=first_index)]
             pixels = self.preprocess(rgb)
             originals = [original_geometry(image, self.processor) for image in rgb]
+            expected = self.input_size()
+            if expected is not None and tuple(pixels.shape[-2:]) != expected:
+                raise InputError(f"The processor gives {_size(pixels.shape[-2:])} images but this model reads "
+                                 f"{_size(expected)}: pass the model's own processor.")
         pixels = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
         stride = self.patch_conv().stride
         grid = (pixels.shape[2] // stride[0], pixels.shape[3] // stride[1])
@@ -78,6 +88,24 @@ class VisionTransformerAdapter(ModelAdapter):
         for sample, geometry in zip(samples, originals):
             sample.update(geometry)
         return Batch({"pixel_values": pixels}, token_mask, content_mask, samples)
+
+    def _model_sized(self, pixels: torch.Tensor, first_index: int) -> torch.Tensor:
+        """A float tensor of the model's input size is its pixel_values. An integer tensor is an image: it is
+        preprocessed like an array. A float tensor of another size with no negative value (so not normalised) is
+        read as an image too, with a warning; a normalised one of another size is refused, naming the size the
+        model reads."""
+        expected, size = self.input_size(), tuple(pixels.shape[-2:])
+        if pixels.is_floating_point():
+            if expected is None or size == expected:
+                return pixels
+            if bool((pixels < 0).any()):
+                raise InputError(f"pixel_values are {_size(size)} but this model reads {_size(expected)} images: "
+                                 f"preprocess them to {_size(expected)} with the model's processor, or pass the image "
+                                 "itself (a PIL image, an array, a path or an unnormalised tensor) to have it resized.")
+            warn(f"The image tensor is {_size(size)}, not the {_size(expected)} pixel_values this model reads: it is "
+                 "read as an unprocessed image (like an array: values rescaled to 0..255) and resized by the "
+                 "model's processor.")
+        return self.preprocess([to_rgb(image, i) for i, image in enumerate(pixels, start=first_index)])
 
     def _displayable(self, pixels: torch.Tensor) -> list[np.ndarray]:
         """The images as the model saw them (after resizing and cropping), as uint8 RGB arrays."""
@@ -105,6 +133,10 @@ class VisionTransformerAdapter(ModelAdapter):
         with torch.no_grad():
             pixels = lrp.patch_embedding_zb(lrp.working(call.input), _working_conv(conv), r_patches)
         return pixels.sum(dim=1)
+
+
+def _size(height_width) -> str:
+    return "x".join(str(int(side)) for side in height_width)
 
 
 def _working_conv(conv: nn.Conv2d) -> nn.Conv2d:
@@ -158,6 +190,10 @@ class HFViTAdapter(VisionTransformerAdapter):
 
     def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).logits
+
+    def input_size(self) -> tuple[int, int]:
+        size = self.model.config.image_size
+        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
     def build_spec(self) -> ModelSpec:
         heads = self.model.config.num_attention_heads
@@ -232,6 +268,11 @@ class TimmViTAdapter(VisionTransformerAdapter):
 
     def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)
+
+    def input_size(self) -> tuple[int, int] | None:
+        embed = self.model.patch_embed
+        fixed = embed.img_size is not None and getattr(embed, "strict_img_size", True)
+        return tuple(embed.img_size) if fixed and not getattr(self.model, "dynamic_img_size", False) else None
 
     def build_spec(self) -> ModelSpec:
         layers = []

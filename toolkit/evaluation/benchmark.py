@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, warn
 from ..explainer import Explainer
 from ..methods import get_method, list_methods
 from ..zoo import MODULES, load, scene_captioner, scene_clip, scene_vilt, scene_vit
@@ -295,12 +295,23 @@ def check_methods(methods: tuple[str, ...]) -> None:
         raise ConfigError(f"Unknown methods {unknown}; available: {list_methods()}")
 
 
+def _nothing_applies(tasks: list[BenchmarkTask], methods: tuple[str, ...]) -> str:
+    """Which models none of ``methods`` applies to, and the methods that do apply to each."""
+    supported = "; ".join(f"{task.explainer.name} supports {', '.join(task.applicable(tuple(list_methods())))}"
+                          for task in tasks)
+    return (f"none of the methods {list(methods)} applies to {' or '.join(t.explainer.name for t in tasks)} "
+            f"({supported}): choose methods among those")
+
+
 def run_task(task: BenchmarkTask, scenes: list, methods: tuple[str, ...]) -> list[BenchmarkRow]:
-    """Rows for every applicable method (in the order asked) over ``scenes``."""
+    """Rows for every applicable method (in the order asked) over ``scenes``; a ConfigError when none applies."""
     check_methods(methods)
+    applicable = task.applicable(methods)
+    if not applicable:
+        raise ConfigError(f"Nothing to compute: {_nothing_applies([task], methods)}.")
     accuracy = task.accuracy(scenes)
     rows = []
-    for method in tqdm(task.applicable(methods), desc=task.explainer.name):
+    for method in tqdm(applicable, desc=task.explainer.name):
         rows.append(summarise(task.explainer.name, method, len(scenes), accuracy, task.cases(method, scenes)))
     return rows
 
@@ -451,12 +462,16 @@ class BenchmarkSettings:
         import yaml
 
         try:
-            config = yaml.safe_load(Path(path).read_text()) or {}
+            config = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"cannot read the benchmark config {path}: {error}") from error
-        if not isinstance(config, dict):
-            raise ConfigError(f"the benchmark config {path} must be a mapping of keys to values")
         valid = [f.name for f in fields(cls)]
+        if config is None or config == {}:
+            raise ConfigError(f"the benchmark config {path} is empty: give some of the keys {valid} (for example "
+                              "'models: [vit]'), or leave out --config to run with the defaults")
+        if not isinstance(config, dict):
+            raise ConfigError(f"the benchmark config {path} must be a mapping of keys to values (for example "
+                              f"'models: [vit]'), not a {type(config).__name__}; valid keys: {valid}")
         unknown = sorted(set(config) - set(valid))
         if unknown:
             raise ConfigError(f"unknown keys {unknown} in {path}; valid keys: {valid}")
@@ -464,11 +479,20 @@ class BenchmarkSettings:
 
 
 def run_benchmark(settings: BenchmarkSettings) -> list[BenchmarkRow]:
-    """Every applicable method on every chosen zoo model over its held-out scenes; prints and saves the table."""
+    """Every applicable method on every chosen zoo model over its held-out scenes; prints and saves the table.
+
+    A model that none of the methods applies to is left out with a warning; a ConfigError when that leaves
+    nothing to compute (before anything is computed)."""
+    tasks = {model: default_task(model, settings.seed) for model in settings.models}
+    idle = {model: task for model, task in tasks.items() if not task.applicable(settings.methods)}
+    if len(idle) == len(tasks):
+        raise ConfigError(f"Nothing to compute: {_nothing_applies(list(idle.values()), settings.methods)}.")
+    if idle:
+        warn(f"Left out: {_nothing_applies(list(idle.values()), settings.methods)}.")
     rows = []
-    for model in settings.models:
-        task = default_task(model, settings.seed)
-        rows += run_task(task, held_out_scenes(settings.scenes_for(model), settings.seed), settings.methods)
+    for model, task in tasks.items():
+        if model not in idle:
+            rows += run_task(task, held_out_scenes(settings.scenes_for(model), settings.seed), settings.methods)
     print(format_table(rows) + "\n\n" + format_comparisons(compare_methods(rows)))
     save_rows(rows, Path(settings.out))
     return rows

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
+from ..text import read_texts
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
 from .captioning import (CaptioningAdapter, patch_content, patch_layout, processor_parts, reject_start_layer,
                          string_list)
@@ -99,6 +100,9 @@ class BlipVQAAdapter(MultimodalAdapter):
     read at the question's first token (the state BLIP's encoder summarises into), and the answer decoder's
     last cross-attention to the question, at the answer rows.
 
+    Questions and answers longer than the text positions are cut, with a warning naming the words left out
+    (``text`` is the part of the question read); words outside the vocabulary are named in a warning too.
+
     BLIP's text layers do not pass the encoder attention mask to their cross-attention (transformers 5.x),
     so the answer decoder would attend to question padding: pairs run in groups of equal question length,
     unpadded, one forward and one backward per group (usually one: a question asked of many images).
@@ -123,22 +127,32 @@ class BlipVQAAdapter(MultimodalAdapter):
 
     def _answer_ids(self, answer: Any, count: int, tokenizer: Any) -> list[list[int]]:
         answers = string_list(answer, "answer")
-        answers = answers * count if isinstance(answer, str) else answers
-        if len(answers) != count:
+        if not isinstance(answer, str) and len(answers) != count:
             raise InputError(f"{len(answers)} answers given for {count} (image, question) pairs: "
                              "pass one per pair, or one for all.")
-        return [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+        limit = self.answer_positions()
+        read_texts(tokenizer, answers, limit=limit, what="Answer", add_special_tokens=False)
+        ids = tokenizer(answers, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
+        return ids * count if isinstance(answer, str) else ids
+
+    def answer_positions(self) -> int:
+        """How many answer tokens the decoder reads: its positions less the BOS it starts from."""
+        return self.model.config.text_config.max_position_embeddings - 1
 
     def _explain_group(self, method: Method, pixels: torch.Tensor, question_ids: torch.Tensor,
                        answers: list[list[int]] | None, max_new_tokens: int) -> list[tuple]:
         """(answer ids, heatmap, question-token relevance, log p(answer)) of pairs whose questions have the
         same length: one stock ``generate`` if no answer is given, then one forward and one backward."""
         if answers is None:
+            limit = self.answer_positions()
             with torch.no_grad():
-                generated = self.model.generate(input_ids=question_ids, pixel_values=pixels,
-                                                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+                generated = self.model.generate(input_ids=question_ids, pixel_values=pixels, do_sample=False,
+                                                max_new_tokens=min(max_new_tokens, limit), num_beams=1)
             end = self.model.config.text_config.sep_token_id
             answers = [s[:s.index(end)] if end in s else s for s in generated[:, 1:].tolist()]
+            if max_new_tokens > limit and any(len(a) == limit for a in answers):
+                warn(f"An answer fills the answer decoder's {limit} positions without ending: it is cut there "
+                     f"(max_new_tokens={max_new_tokens} reaches beyond them).")
         if not all(answers):
             raise InputError("An answer has no tokens to explain (the model ended it at once, or it was empty).")
         batch, length = len(answers), 1 + max(len(a) for a in answers)
@@ -190,7 +204,10 @@ class BlipVQAAdapter(MultimodalAdapter):
         image_processor, tokenizer = processor_parts(self.processor, self.family)
         pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
         pixels = pixels.to(self.device, next(self.model.parameters()).dtype)[[i for i, _ in pairs]]
-        question_ids = [tokenizer(questions[q])["input_ids"] for _, q in pairs]
+        limit = self.model.config.text_config.max_position_embeddings
+        read = read_texts(tokenizer, questions, limit=limit, what="Question")
+        encoded = tokenizer(questions, truncation=True, max_length=limit)["input_ids"]
+        question_ids = [encoded[q] for _, q in pairs]
         answers = None if answer is None else self._answer_ids(answer, len(pairs), tokenizer)
         results: list = [None] * len(pairs)
         for length in sorted({len(ids) for ids in question_ids}):
@@ -204,10 +221,10 @@ class BlipVQAAdapter(MultimodalAdapter):
         geometry = [original_geometry(image, image_processor) for image in images]
         explanations = []
         for (i, q), ids, (answer_ids, heatmap, scores, log_p) in zip(pairs, question_ids, results):
-            text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+            text = tokenizer.decode(answer_ids).strip()  # the tokens explained, [UNK] included
             explanations.append(Explanation(
                 method=method.name, model=self.name, target=q, label=text, probability=float(np.exp(log_p)),
                 scores=scores.astype(np.float32), tokens=tokenizer.convert_ids_to_tokens(ids),
-                heatmap=heatmap.astype(np.float32), image=shown[i], text=questions[q], answer=text,
+                heatmap=heatmap.astype(np.float32), image=shown[i], text=read[q], answer=text,
                 options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations

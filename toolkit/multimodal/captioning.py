@@ -9,7 +9,6 @@ caption is explained exactly as the same tokens were during generation.
 """
 from __future__ import annotations
 
-import warnings
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..explanation import CaptionStep, Explanation
 from ..images import original_geometry
 from ..methods import Method
+from ..text import read_texts, warn_cut
 from .base import Captured, MultimodalAdapter, reject_unknown, to_numpy
 from .clip import shown_images
 
@@ -128,6 +128,11 @@ class CaptioningAdapter(MultimodalAdapter):
     ``probability`` = exp of the summed step log-probabilities (the caption's probability, end token not
     included). The end-of-caption token is not a step: a caption is explained token by token (a caption
     the model ends at once has no steps, and no heatmap).
+
+    A caption has at most as many tokens as the decoder has positions after the prompt. A longer given caption
+    is cut to them with a warning naming the words left out, rather than refused: the decoder being causal,
+    the steps kept are explained exactly as within the whole caption; ``caption`` is the part explained. Words
+    outside the vocabulary are named in a warning (the model reads them as the unknown token).
     """
 
     task = "image captioning"
@@ -183,41 +188,60 @@ class CaptioningAdapter(MultimodalAdapter):
         pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
         return pixels.to(self.device, next(self.model.parameters()).dtype)
 
+    def caption_positions(self) -> int:
+        """How many caption tokens the decoder reads: its positions less the prompt's."""
+        return self.model.config.get_text_config(decoder=True).max_position_embeddings - len(self.prompt_ids())
+
     def generated_captions(self, pixels: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
-        """Greedy captions from the stock ``generate`` (no gradients), cut at the first end token."""
+        """Greedy captions from the stock ``generate`` (no gradients), cut at the first end token, and at the
+        decoder's last position (with a warning) when ``max_new_tokens`` reaches beyond it."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer; got {max_new_tokens!r}.")
+        positions = self.caption_positions()
         with torch.no_grad():
-            sequences = self.generate(pixels, max_new_tokens)
+            sequences = self.generate(pixels, min(max_new_tokens, positions))
         start, ends = len(self.prompt_ids()), self.end_ids()
         captions = []
-        for sequence in sequences[:, start:].tolist():
+        for index, sequence in enumerate(sequences[:, start:].tolist()):
             cut = next((k for k, token in enumerate(sequence) if token in ends), len(sequence))
+            if cut == positions < max_new_tokens:
+                warn(f"The caption of image #{index} fills the decoder's {positions} caption positions without "
+                     f"ending: it is cut there (max_new_tokens={max_new_tokens} reaches beyond them).")
             captions.append(sequence[:cut])
         return captions
 
     def given_captions(self, caption: Any, count: int) -> list[list[int]]:
-        """Token ids of the given caption(s): a string or token ids for every image, or a list of one per image."""
+        """Token ids of the given caption(s): a string or token ids for every image, or a list of one per image.
+        A caption longer than the decoder's caption positions is cut to them, with a warning naming the words
+        left out; words outside the vocabulary are named in a warning."""
         per_image = isinstance(caption, (list, tuple)) and caption and not isinstance(caption[0], (int, np.integer))
-        captions = list(caption) if per_image else [caption] * count
-        if len(captions) != count:
+        captions = list(caption) if per_image else [caption]
+        if per_image and len(captions) != count:
             raise InputError(f"{len(captions)} captions given for {count} images: pass one per image, or one for all.")
         vocab = self.model.config.get_text_config(decoder=True).vocab_size
+        limit = self.caption_positions()
         token_ids = []
         for index, item in enumerate(captions):
             if isinstance(item, str):
-                ids = self.tokenizer(string_list(item, "caption")[0], add_special_tokens=False)["input_ids"]
+                if not item.strip():
+                    raise InputError(f"Caption #{index} is empty.")
+                read_texts(self.tokenizer, [item], limit=limit, what="Caption", first_index=index,
+                           add_special_tokens=False)
+                ids = self.tokenizer(item, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
             elif isinstance(item, (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in item):
                 ids = [int(t) for t in item]
+                if not all(0 <= t < vocab for t in ids):
+                    raise InputError(f"Caption #{index} has token ids outside the vocabulary (0..{vocab - 1}).")
+                if len(ids) > limit:
+                    warn_cut(f"Caption #{index}", len(ids), limit, repr(self.tokenizer.decode(ids[limit:]).strip()))
+                    ids = ids[:limit]
             else:
                 raise InputError(f"Caption #{index} must be a string or a list of token ids; "
                                  f"got {type(item).__name__}.")
             if not ids:
                 raise InputError(f"Caption #{index} has no tokens.")
-            if not all(0 <= t < vocab for t in ids):
-                raise InputError(f"Caption #{index} has token ids outside the vocabulary (0..{vocab - 1}).")
             token_ids.append(ids)
-        return token_ids
+        return token_ids if per_image else token_ids * count
 
     def explain(self, method: Method, target: Any, image: Any = None, caption: Any = None,
                 max_new_tokens: int = 20, **unknown) -> Explanation | list[Explanation]:
@@ -257,11 +281,11 @@ class CaptioningAdapter(MultimodalAdapter):
         explanations = []
         for i, sequence in enumerate(sequences):
             members = [s for s, owner in enumerate(owners) if owner == i]
-            text = self.tokenizer.decode(sequence[len(prompt):], skip_special_tokens=True).strip()
+            text = self.tokenizer.decode(sequence[len(prompt):]).strip()  # the tokens explained, [UNK] included
             common = dict(method=method.name, model=self.name, target=i, label=text, image=shown[i], caption=text,
                           options=options, **original_geometry(images[i], image_processor))
             if not members:
-                warnings.warn(f"The caption of image #{i} ended at once: there is no token to explain.", stacklevel=3)
+                warn(f"The caption of image #{i} ended at once: there is no token to explain.")
                 explanations.append(Explanation(probability=1.0, scores=np.zeros(0, np.float32), steps=[], **common))
                 continue
             names = self.tokenizer.convert_ids_to_tokens(sequence)

@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
-from ..text import encoded_words, word_scores
+from ..text import encoded_words, read_texts, special_token_mask, word_scores
 from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
 
 
@@ -90,9 +90,9 @@ def class_token_relevance(adapter: MultimodalAdapter, method: Method, captured: 
 
 
 def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
-    """(B, N) the tokenizer's special tokens ([CLS], [SEP], start / end of text, padding)."""
-    return torch.tensor([tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-                         for ids in input_ids.tolist()], device=input_ids.device).bool()
+    """(B, N) the tokenizer's special tokens ([CLS], [SEP], start / end of text, padding; not [UNK])."""
+    return torch.tensor([special_token_mask(tokenizer, ids) for ids in input_ids.tolist()], dtype=torch.bool,
+                        device=input_ids.device)
 
 
 def special_or_readout(special: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
@@ -143,15 +143,19 @@ class HFCLIPAdapter(MultimodalAdapter):
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
                 start_layer_text: int | None = None, **unknown) -> list:
         """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower
-        (the same as the image's unless given)."""
+        (the same as the image's unless given). A text longer than the text tower's positions is cut to them,
+        its end-of-text token kept (the tower reads there), with a warning naming the words left out; the
+        explanation's ``text`` is the part read."""
         reject_unknown(self.family, "image=, text= and start_layer_text=", unknown)
         images, texts, pairs = similarity_inputs(self, method, target, image, text)
         text_method, options = text_side_method(method, start_layer_text)
         processor = self.processor
         pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         pixels = pixels[[i for i, _ in pairs]].to(self.device)
+        limit = self.model.config.text_config.max_position_embeddings
+        read = read_texts(processor.tokenizer, texts, limit=limit)
         fast = getattr(processor.tokenizer, "is_fast", False)
-        enc = processor.tokenizer([texts[t] for _, t in pairs], padding=True, truncation=True,
+        enc = processor.tokenizer([texts[t] for _, t in pairs], padding=True, truncation=True, max_length=limit,
                                   return_tensors="pt", return_offsets_mapping=fast)
         offsets = enc.get("offset_mapping")
         enc = enc.to(self.device)
@@ -174,6 +178,6 @@ class HFCLIPAdapter(MultimodalAdapter):
         side = int(round((image_rel.shape[-1] - 1) ** 0.5))
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
-        return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
+        return similarity_explanations(self, method, images, read, pairs, image_rel, text_rel, tokens, text_mask,
                                        special, captured.objective, logit, (side, side), 1, shown,
                                        processor.image_processor, options, words)

@@ -20,6 +20,7 @@ from ..core.propagation import head_mean_positive
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
+from ..text import read_texts
 from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
 from .captioning import reject_start_layer, string_list
 from .clip import special_tokens
@@ -171,6 +172,7 @@ class LxmertVQAAdapter(MultimodalAdapter):
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if tokenizer is None:
             raise InputError("LXMERT needs its tokenizer: Explainer(model, tokenizer) or Explainer.from_pretrained.")
+        read = read_texts(tokenizer, questions, limit=config.max_position_embeddings, what="Question")
         enc = tokenizer([questions[q] for _, q in pairs], padding=True, truncation=True,
                         max_length=config.max_position_embeddings, return_tensors="pt").to(self.device)
         parameter = next(self.model.parameters())
@@ -207,5 +209,5 @@ class LxmertVQAAdapter(MultimodalAdapter):
                 probability=float(probabilities[b]), scores=to_numpy(text_rel[b])[valid.numpy()],
                 tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
                 heatmap=to_numpy(region_rel[b, :len(feats[v])]), boxes=to_numpy(boxes[v]) * scale, image=shown,
-                text=questions[q], answer=name, options=method.options()))
+                text=read[q], answer=name, options=method.options()))
         return explanations[0] if one_set and isinstance(question, str) else explanations

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..methods import Method
+from ..text import read_texts, warn_cut
 from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown
 from .clip import (class_token_relevance, shown_images, similarity_explanations, similarity_inputs,
                    text_side_method)
@@ -57,6 +58,27 @@ def attention_weights_returned(modules: list[nn.Module]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def texts_read(tokenizer: Any, texts: list[str], context: int) -> list[str]:
+    """Each text as the text tower reads it: open_clip's tokenizers cut a text longer than ``context`` tokens
+    silently, keeping start and end of text; here a warning names the words left out. HFTokenizer wraps a
+    Hugging Face tokenizer (its words outside the vocabulary are named too); SimpleTokenizer encodes and
+    decodes; texts a tokenizer reduces by its own strategy, or that other tokenizers read, are taken as given."""
+    wrapped = getattr(tokenizer, "tokenizer", None)
+    if wrapped is not None:
+        clean = getattr(tokenizer, "clean_fn", None) or (lambda text: text)
+        return read_texts(wrapped, [clean(text) for text in texts], limit=context)
+    if getattr(tokenizer, "reduction_fn", None) is not None or not hasattr(tokenizer, "encode"):
+        return texts
+    read, budget = [], context - 2
+    for index, text in enumerate(texts):
+        ids = tokenizer.encode(text)
+        if len(ids) > budget:
+            warn_cut(f"Text #{index}", len(ids) + 2, context, repr(tokenizer.decode(ids[budget:]).strip()))
+            text = tokenizer.decode(ids[:budget]).strip()
+        read.append(text)
+    return read
 
 
 def unsupported_part(model: nn.Module) -> str | None:
@@ -125,13 +147,22 @@ class OpenCLIPAdapter(MultimodalAdapter):
 
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
                 start_layer_text: int | None = None, **unknown) -> list:
-        """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower."""
+        """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower.
+        Texts are tokenized to the model's context length; a longer text is cut, keeping its end-of-text token
+        (the tower reads there), with a warning naming the words left out; the explanation's ``text`` is the
+        part read."""
         reject_unknown(self.family, "image=, text= and start_layer_text=", unknown)
         images, texts, pairs = similarity_inputs(self, method, target, image, text)
         text_method, options = text_side_method(method, start_layer_text)
         preprocess, tokenizer = self.processor
         pixels = torch.stack([preprocess(im) for im in images])[[i for i, _ in pairs]].to(self.device)
-        ids = tokenizer([texts[t] for _, t in pairs]).to(self.device)
+        context = self.model.context_length
+        ids = tokenizer(texts, context_length=context) if hasattr(tokenizer, "context_length") else tokenizer(texts)
+        if ids.shape[-1] != context:
+            raise InputError(f"The tokenizer gives {ids.shape[-1]} tokens per text but this model reads {context}: "
+                             + _PROCESSOR_HINT)
+        ids = ids[[t for _, t in pairs]].to(self.device)
+        texts = texts_read(tokenizer, texts, context)
 
         def run():
             cosine = (self.model.encode_image(pixels, normalize=True)

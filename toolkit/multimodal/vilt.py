@@ -17,7 +17,7 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..labels import find_label
 from ..methods import Method
-from ..text import encoded_words, word_scores
+from ..text import encoded_words, read_texts, word_scores
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
 from .captioning import processor_parts, string_list
 from .clip import shown_images, special_tokens
@@ -84,6 +84,8 @@ class ViltVQAAdapter(MultimodalAdapter):
     index); ``probability`` is its sigmoid score (ViLT's VQA head is trained as multi-label); the objective is
     its logit. ``heatmap``: relevance of the patches on the patch grid (ViLT keeps each image's aspect ratio,
     so grids need not be square); ``tokens`` / ``scores``: the question's tokens and their relevance.
+    A question longer than the model's text positions is cut, with a warning naming the words left out, and
+    ``text`` is the part read; words outside the vocabulary are named in a warning too.
     """
 
     family = "vilt-vqa"
@@ -125,10 +127,11 @@ class ViltVQAAdapter(MultimodalAdapter):
         visual = image_processor(images=images, return_tensors="pt")
         pixels = visual["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
         pixel_mask = visual["pixel_mask"].to(self.device)
+        limit = self.model.config.max_position_embeddings
+        read = read_texts(tokenizer, questions, limit=limit, what="Question")
         fast = getattr(tokenizer, "is_fast", False)
-        enc = tokenizer([questions[q] for _, q in pairs], padding=True, truncation=True,
-                        max_length=self.model.config.max_position_embeddings, return_tensors="pt",
-                        return_offsets_mapping=fast)
+        enc = tokenizer([questions[q] for _, q in pairs], padding=True, truncation=True, max_length=limit,
+                        return_tensors="pt", return_offsets_mapping=fast)
         offsets = enc.get("offset_mapping")
         enc = enc.to(self.device)
         # ViLT's embedding picks the patch tokens in a random order (torch.multinomial) and does not return
@@ -170,7 +173,7 @@ class ViltVQAAdapter(MultimodalAdapter):
                 scores=scores, tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
                 special_tokens=specials, words=words.get("words"),
                 word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b],
-                image=shown[i], text=questions[q], answer=name, options=method.options(), **geometry[i]))
+                image=shown[i], text=read[q], answer=name, options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations
 
     @staticmethod

@@ -143,7 +143,8 @@ def head_view(
     ``text_b`` is sentence B of a pair (encoders, decoders) or the decoder's text (encoder-decoders,
     which then show ``stack`` "encoder", "decoder" or "cross"). ``sentence_filter`` is "all", "A->A",
     "B->B", "A->B" or "B->A"; ``token`` isolates one query token's lines. Links weaker than
-    ``min_weight`` are not drawn (1% opacity is invisible) so 512-token inputs stay light.
+    ``min_weight`` are not drawn (1% opacity is invisible) so 512-token inputs stay light. A model whose
+    forward returns no attention but wraps a Hugging Face model (the zero-shot classifier) is shown through it.
     """
     _check_min_weight(min_weight)
     stacks = text_attention(model, tokenizer, text_a, text_b)

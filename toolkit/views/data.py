@@ -240,12 +240,32 @@ def _sentence_b_start(encoding) -> int:
     return sequence_ids.index(1)
 
 
+def _takes_output_attentions(module: nn.Module) -> bool:
+    parameters = inspect.signature(module.forward).parameters.values()
+    return any(p.name == "output_attentions" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _attention_model(model: nn.Module) -> nn.Module:
+    """``model`` when its forward can return attention weights; else the one Hugging Face model it wraps (the
+    encoder of toolkit.zero_shot.ZeroShotTextClassifier), whose attention is the attention ``model`` computes with."""
+    if _takes_output_attentions(model):
+        return model
+    wrapped = [child for child in model.children() if hasattr(child, "config") and _takes_output_attentions(child)]
+    if len(wrapped) != 1:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}'s forward takes no output_attentions, so it cannot return attention weights, "
+            "and it wraps no single Hugging Face model that can: pass the transformer inside it instead.")
+    return wrapped[0]
+
+
 def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None = None, *, with_neurons: bool = False) -> list[AttentionStack]:
     """Every attention stack of ``model`` on the text.
 
     Encoders and decoders read ``text_a`` (and the optional sentence pair ``text_b``); encoder-decoders
-    read ``text_a`` in the encoder and ``text_b`` in the decoder, which is then required.
+    read ``text_a`` in the encoder and ``text_b`` in the decoder, which is then required. A wrapper whose forward
+    returns no attention (the zero-shot classifier) is shown through the Hugging Face model it wraps.
     """
+    model = _attention_model(model)
     _require_text(text_a, "text_a")
     if text_b is not None:
         _require_text(text_b, "text_b")
