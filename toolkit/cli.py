@@ -248,6 +248,24 @@ def benchmark_command(args) -> int:
     return 0
 
 
+def demo_command(args) -> int:
+    """The Gradio demo on the built-in models (or a config's), until interrupted."""
+    from .demo import load_config, serve
+
+    serve(load_config(args.config), server_name=args.server_name, server_port=args.server_port, share=args.share,
+          preload=args.preload)
+    return 0
+
+
+def export_space_command(args) -> int:
+    from .demo import export_space, load_config
+
+    folder = export_space(args.folder, load_config(args.config), overwrite=args.force)
+    print(f"Wrote a Hugging Face Space to {folder}: push it to a Space repository (sdk: gradio), or run it here "
+          f"with `cd {folder} && python app.py`.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="Explain transformer predictions.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--models", help="comma-separated, from vit,clip,vilt,captioner (default: all)")
     benchmark.add_argument("--methods", help="comma-separated (default: all; each model gets those it supports)")
     benchmark.add_argument("--seed", type=int, help="seed of the held-out scenes (default 3)")
+    demo = commands.add_parser("demo", help="launch the Gradio demo (offline on the built-in models)")
+    demo.add_argument("--config", help="YAML file: the models of each tab (text, image, image_text, vqa, "
+                                       "captioning) and serving limits")
+    demo.add_argument("--server-name", help="address to listen on (Gradio's default: 127.0.0.1, or "
+                                            "GRADIO_SERVER_NAME); 0.0.0.0 serves the network")
+    demo.add_argument("--server-port", type=int, help="port (Gradio's default: 7860, or GRADIO_SERVER_PORT)")
+    demo.add_argument("--share", action="store_true", help="also serve through a temporary public gradio.live link")
+    demo.add_argument("--preload", action="store_true", help="load every model before serving (else on first use)")
+    space = commands.add_parser("export-space", help="write a folder ready to push to a Hugging Face Space")
+    space.add_argument("folder", help="new (or empty) folder for the Space")
+    space.add_argument("--config", help="YAML file of the demo to export (default: the built-in models)")
+    space.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     commands.add_parser("methods", help="list the explanation methods")
     commands.add_parser("models", help="list the supported model families")
     return parser
@@ -294,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             return explain_command(args)
         if args.command == "benchmark":
             return benchmark_command(args)
+        if args.command == "demo":
+            return demo_command(args)
+        if args.command == "export-space":
+            return export_space_command(args)
         if args.command == "methods":
             for name, summary in list_methods(details=True).items():
                 print(f"{name:24s} {summary}")

@@ -21,6 +21,7 @@ from .core.propagation import lrp_through_layers
 from .core.trace import Trace
 from .errors import InputError, UnsupportedModelError
 from .explanation import Explanation
+from .labels import ranked_labels
 from .methods import Method, get_method, list_methods
 from .text import word_scores
 from .multimodal import MultimodalAdapter
@@ -82,6 +83,27 @@ class Explainer:
     def applicable_methods(self) -> list[str]:
         """The registered methods that can explain this model."""
         return [name for name in list_methods() if self.method_refusal(name) is None]
+
+    def predict(self, inputs: Any = None, top_k: int = 5, **multimodal_inputs: Any) -> list[tuple[str, float]]:
+        """The ``top_k`` most probable classes of one input as (label, probability), most probable first,
+        without explaining it. Image-text models take keywords, where their family has a fixed answer set
+        (ViLT: ``image=``, ``question=``)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer; got {top_k!r}.")
+        with _eval_mode(self.model):
+            if isinstance(self.adapter, MultimodalAdapter):
+                if inputs is not None:
+                    raise InputError(f"{self.adapter.family} models take keyword inputs: predict(image=..., "
+                                     "question=...).")
+                return self.adapter.predict(top_k=top_k, **multimodal_inputs)
+            single, items = _as_items(inputs)
+            if not single:
+                raise InputError("predict() takes one input; call it once per input.")
+            if isinstance(inputs, Mapping) or torch.is_tensor(inputs):
+                items = _stack(items)
+            with torch.no_grad():
+                probabilities = self.adapter.logits(self.adapter.prepare(items)).float().softmax(-1)[0]
+        return ranked_labels(probabilities.tolist(), top_k, self.labels)
 
     @property
     def default_method(self) -> str:

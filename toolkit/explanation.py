@@ -162,6 +162,22 @@ class Explanation:
             pieces, scores = [piece for piece, keep in zip(pieces, shown) if keep], scores[shown]
         return render.scores_html(pieces, scores, details=self.heading())
 
+    def caption_step(self, index: int) -> "Explanation":
+        """Caption token ``index`` explained on its own: its image map (``heatmap``, for overlay()) and its
+        relevance over the tokens before it (``tokens``, ``scores``, for to_html()); ``label`` is the token and
+        ``probability`` its probability given the image and the earlier tokens."""
+        if not self.steps:
+            raise InputError("caption_step() needs a captioning explanation with at least one step.")
+        count = len(self.steps)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -count <= index < count:
+            raise InputError(f"Unknown caption step {index!r}: the caption has {count} tokens (0 to {count - 1}).")
+        step = self.steps[index]
+        return Explanation(method=self.method, model=self.model, target=step.token_id, label=step.token,
+                           probability=float(np.exp(step.log_prob)), scores=step.text_scores,
+                           tokens=list(step.text_tokens), heatmap=step.heatmap, image=self.image,
+                           options=self.options, text=" ".join(step.text_tokens), caption=self.caption,
+                           versions=self.versions)
+
     def _repr_html_(self) -> str:
         if self.heatmap is not None:
             import base64

@@ -63,3 +63,9 @@ def close_labels(name: str, labels: dict[int, str], limit: int = SHOWN_CLOSE_NAM
     containing = [text for text in owners if wanted and wanted in text]
     found = [index for text in as_word + spelled + containing for index in owners[text]]
     return list(dict.fromkeys(found))[:limit]
+
+
+def ranked_labels(probabilities: list[float], top_k: int, labels: dict[int, str]) -> list[tuple[str, float]]:
+    """(label, probability) of the ``top_k`` highest probabilities (one per class index), highest first."""
+    order = sorted(range(len(probabilities)), key=lambda index: -probabilities[index])[:top_k]
+    return [(labels.get(index, str(index)), float(probabilities[index])) for index in order]

@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, warn
 from ..explainer import Explainer
-from ..methods import get_method, list_methods
+from ..methods import list_methods
 from ..zoo import MODULES, load, scene_captioner, scene_clip, scene_vilt, scene_vit
-from ..zoo.common import BENCHMARK_SEED, caption_objects, scene_pixels
+from ..zoo.common import BENCHMARK_SEED, caption_objects, caption_word_objects, scene_pixels
 from ..zoo.common import scenes as held_out_scenes
 from .metrics import (mean_confidence_interval, perturbation_auc, pointing_game, relevance_mass_accuracy,
                       relevance_rank_accuracy, token_pointing_game, token_relevance_mass_accuracy,
@@ -126,11 +126,8 @@ class BenchmarkTask(ABC):
 
     def applicable(self, methods: tuple[str, ...]) -> tuple[str, ...]:
         """The methods this model can be explained with, in the order asked."""
-        supported = getattr(self.explainer.adapter, "supported_methods", None)
-        if supported is not None:
-            return tuple(m for m in methods if m in supported)
-        lrp_ok = self.explainer.adapter.spec.lrp_blocker is None
-        return tuple(m for m in methods if lrp_ok or not get_method(m).needs_lrp)
+        applicable = set(self.explainer.applicable_methods())
+        return tuple(m for m in methods if m in applicable)
 
     @abstractmethod
     def accuracy(self, scenes: list) -> float: ...
@@ -224,13 +221,10 @@ class CaptionerTask(BenchmarkTask):
         for scene, pixels in _each_scene(scenes, method):
             caption = scene.captions[0]
             exp = self.explainer.explain(image=scene.image, caption=caption, method=method)
-            subject, reference = caption_objects(scene, caption)
-            words = caption.split()
-            if [step.token for step in exp.steps] != words:
+            if [step.token for step in exp.steps] != caption.split():
                 raise ConfigError(f"the captioner's tokenizer splits {caption!r} into {[s.token for s in exp.steps]}: "
                                   "the benchmark needs one token per word to ground its steps")
-            grounded = {1: subject, 2: subject, len(words) - 2: reference, len(words) - 1: reference}
-            for position, obj in grounded.items():
+            for position, obj in caption_word_objects(scene, caption).items():
                 step = exp.steps[position]
                 prefix = torch.tensor([start + [s.token_id for s in exp.steps[:position]]])
 

@@ -108,6 +108,11 @@ class MultimodalAdapter(ABC):
     def labels(self) -> dict[int, str]:
         return {}
 
+    def predict(self, top_k: int, **inputs: Any) -> list[tuple[str, float]]:
+        """The ``top_k`` most probable answers as (answer, probability); families with a fixed answer set override it."""
+        raise UnsupportedModelError(f"{self.family} models have no fixed set of answers to rank: explain() gives "
+                                    "the similarity, answer or caption with its probability.")
+
     def check_method(self, method: Method) -> None:
         if method.name not in self.supported_methods:
             raise UnsupportedModelError(

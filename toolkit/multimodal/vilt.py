@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
 from ..images import original_geometry
-from ..labels import find_label
+from ..labels import find_label, ranked_labels
 from ..methods import Method
 from ..text import encoded_words, read_texts, word_scores
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
@@ -175,6 +175,21 @@ class ViltVQAAdapter(MultimodalAdapter):
                 word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b],
                 image=shown[i], text=read[q], answer=name, options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations
+
+    def predict(self, top_k: int = 5, image: Any = None, question: Any = None, **unknown) -> list[tuple[str, float]]:
+        """The ``top_k`` answers to one question about one image, by the sigmoid score that ``explain`` reports
+        as ``probability`` (the VQA head is trained as multi-label, so the scores need not sum to one)."""
+        reject_unknown(self.family, "image= and question=", unknown)
+        if isinstance(image, (list, tuple)) or not isinstance(question, str):
+            raise InputError("predict() takes one image and one question (a string).")
+        image_processor, tokenizer = processor_parts(self.processor, self.family)
+        visual = image_processor(images=self.images(image), return_tensors="pt").to(self.device)
+        enc = tokenizer(string_list(question, "question"), truncation=True,
+                        max_length=self.model.config.max_position_embeddings, return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            logits = self.model(**enc, pixel_values=visual["pixel_values"].to(next(self.model.parameters()).dtype),
+                                pixel_mask=visual["pixel_mask"]).logits
+        return ranked_labels(logits[0].float().sigmoid().tolist(), top_k, self.labels)
 
     @staticmethod
     def _grid(relevance: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> np.ndarray:

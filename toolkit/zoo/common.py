@@ -185,3 +185,15 @@ def caption_objects(scene: Scene, caption: str) -> tuple[SceneObject, SceneObjec
     if named is None or any(name not in by_name for name in named):
         return None
     return by_name[named[0]], by_name[named[1]]
+
+
+def caption_word_objects(scene: Scene, caption: str) -> dict[int, SceneObject]:
+    """The object each colour or shape word of a caption of the scenes' form names, by the word's position in
+    ``caption.split()`` ("a red circle left of a blue square": 1 and 2 the circle, the last two the square);
+    empty when the caption names an object the scene lacks or has another form."""
+    objects = caption_objects(scene, caption)
+    if objects is None:
+        return {}
+    subject, reference = objects
+    last = len(caption.split()) - 1
+    return {1: subject, 2: subject, last - 1: reference, last: reference}

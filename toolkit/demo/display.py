@@ -1,0 +1,126 @@
+"""What the demo shows of an explanation: the library's overlay and highlighted text, sized to be read, the
+ground-truth outline, and the files to download. Colours and scales are the library's (``overlay()``,
+``to_html()``); this module only enlarges, outlines and lays out."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..explanation import Explanation
+from .scenes import GroundTruth
+
+DISPLAY_SIDE = 256  # small model inputs (the 64x64 scenes) are enlarged to about this side
+OUTLINE_RGB = (255, 255, 255)
+OUTLINE_SHADOW_RGB = (0, 0, 0)
+
+
+def enlargement(image: np.ndarray) -> int:
+    """The whole-number factor that brings the image's longer side to about DISPLAY_SIDE (1 for large images)."""
+    return max(1, round(DISPLAY_SIDE / max(image.shape[:2])))
+
+
+def enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """Each pixel as a factor x factor block: the pixels the model saw, no invented detail."""
+    return np.repeat(np.repeat(np.asarray(image, dtype=np.uint8), factor, axis=0), factor, axis=1)
+
+
+def draw_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mask's border drawn on the image (a white line on a dark shadow, visible on any colour)."""
+    height, width = image.shape[:2]
+    grown = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(grown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(height, width) / 128))
+    out = np.ascontiguousarray(image.copy())
+    cv2.drawContours(out, contours, -1, OUTLINE_SHADOW_RGB, thickness + 2)
+    cv2.drawContours(out, contours, -1, OUTLINE_RGB, thickness)
+    return out
+
+
+def overlay_image(exp: Explanation, truth: GroundTruth | None = None) -> Image.Image:
+    """The library's overlay drawn on the model's view of the image, enlarged for reading, with the ground truth
+    outlined. The overlay is drawn at the enlarged size, so its heatmap is interpolated there."""
+    factor = enlargement(exp.image)
+    shown = replace(exp, image=enlarge(exp.image, factor)) if factor > 1 else exp
+    picture = np.asarray(shown.overlay().convert("RGB"))
+    if truth is not None:
+        picture = draw_outline(picture, truth.mask)
+    return Image.fromarray(picture)
+
+
+def raw_map_image(exp: Explanation) -> Image.Image:
+    """The map alone, one block per patch (or pixel): the library's colours at full opacity on the map's own
+    grid, enlarged without interpolation."""
+    grid = np.zeros((*exp.heatmap.shape, 3), dtype=np.uint8)
+    coloured = np.asarray(replace(exp, image=grid, boxes=None).overlay(alpha=1.0).convert("RGB"))
+    return Image.fromarray(enlarge(coloured, max(1, math.ceil(DISPLAY_SIDE / max(coloured.shape[:2])))))
+
+
+def map_summary(exp: Explanation) -> str:
+    """The raw map's range, so the colours can be read as numbers."""
+    heatmap = np.asarray(exp.heatmap, dtype=np.float64)
+    return (f"raw map {heatmap.shape[0]}×{heatmap.shape[1]}: min {heatmap.min():.3g}, max {heatmap.max():.3g}, "
+            f"sum {heatmap.sum():.3g}")
+
+
+def truth_report(exp: Explanation, truth: GroundTruth | None) -> str:
+    """One Markdown line: how much of the map lies on the ground truth, and whether its peak does."""
+    if truth is None:
+        return ""
+    mass, hit = truth.scores(exp.heatmap)
+    if math.isnan(mass):
+        return f"**{exp.method}**: the map has no positive relevance, so it points nowhere."
+    peak = "inside (a hit)" if hit == 1 else "outside (a miss)" if hit == 0 else f"inside for {hit:.0%} of its tied maxima"
+    return (f"**{exp.method}**: {mass:.0%} of the positive relevance lies inside the outline "
+            f"(a uniform map: {truth.chance:.0%}); the peak is {peak}.")
+
+
+def text_html(exp: Explanation, caption: str | None = None) -> str:
+    """The library's highlighted words (or tokens), under an optional caption."""
+    body = exp.to_html(level="words" if exp.words is not None else "tokens")
+    header = f'<div class="tk-caption">{html.escape(caption)}</div>' if caption else ""
+    return f'<div class="tk-text">{header}{body}</div>'
+
+
+def _pieces(exp: Explanation) -> tuple[list[str], np.ndarray]:
+    if exp.words is not None:
+        return exp.words, np.asarray(exp.word_scores, dtype=np.float64)
+    return exp.tokens, np.asarray(exp.scores, dtype=np.float64)
+
+
+def score_table(exps: list[Explanation], count: int = 12) -> dict:
+    """The words (or tokens) with the largest |relevance| under the first method, with their signed scores under
+    each method, as a Gradio Dataframe value."""
+    pieces, first = _pieces(exps[0])
+    order = np.argsort(-np.abs(first), kind="stable")[:count]
+    columns = [_pieces(exp)[1] for exp in exps]
+    return {"headers": ["word"] + [exp.method for exp in exps],
+            "data": [[pieces[i]] + [round(float(scores[i]), 5) for scores in columns] for i in order]}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "explanation"
+
+
+def download_files(exp: Explanation, stem: str, picture: Image.Image | None = None) -> list[str]:
+    """The shown overlay (PNG), the explanation's saved file (.npz, reloaded by Explanation.load) and its JSON
+    (every field but the image), in a fresh folder that Gradio serves and later cleans up."""
+    folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
+    stem = f"{_slug(stem)}-{exp.method}"
+    files = []
+    if picture is not None:
+        picture.save(folder / f"{stem}.png")
+        files.append(folder / f"{stem}.png")
+    files.append(exp.save(folder / f"{stem}.npz"))
+    data = {key: value for key, value in exp.to_dict().items() if key != "image"}
+    (folder / f"{stem}.json").write_text(json.dumps(data, default=str), encoding="utf-8")
+    files.append(folder / f"{stem}.json")
+    return [str(path) for path in files]
