@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
-from PIL import Image
 
 from ..methods import list_methods
 from .config import TAB_TITLES, DemoConfig
 from .handlers import NO_COMPARISON, PREDICTED, VIEW_KINDS, Handlers
+from .components import ImageInput
 from .scenes import EXAMPLE_SEEDS
 from .serving import user_facing
 
@@ -57,30 +57,6 @@ def theme() -> gr.themes.Base:
     """A calm theme on system fonts: nothing is fetched from font servers, so the page loads offline."""
     return gr.themes.Soft(primary_hue="indigo", secondary_hue="rose", neutral_hue="slate", font=SYSTEM_FONTS,
                           font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
-
-
-class ImageInput(gr.Image):
-    """An image upload that refuses, with a readable message, files that are not images and images larger than
-    ``max_pixels`` (checked from the header, before anything is decoded). Passes the file path on."""
-
-    is_template = True  # rendered by Gradio's own Image component
-    max_pixels = 100_000_000  # set per instance; Gradio reads the props it sends the page from Image's signature
-
-    def preprocess(self, payload: Any) -> str | None:
-        name = repr(getattr(payload, "orig_name", None) or "The file")
-        try:
-            path = super().preprocess(payload)
-            if path is None:
-                return None
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception as error:  # PIL reports unreadable files with several exception types
-            raise gr.Error(f"{name} is not a readable image ({type(error).__name__}). Upload a PNG, JPEG, WebP or "
-                           "BMP picture.", print_exception=False) from None
-        if width * height > self.max_pixels:
-            raise gr.Error(f"{name} is {width}×{height} = {width * height / 1e6:.0f} megapixels; this demo takes up "
-                           f"to {self.max_pixels / 1e6:.0f} megapixels. Resize it first.", print_exception=False)
-        return path
 
 
 def _example_scenes(handlers: Handlers) -> list[str]:

@@ -110,17 +110,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "explanation"
 
 
-def download_files(exp: Explanation, stem: str, picture: Image.Image | None = None) -> list[str]:
-    """The shown overlay (PNG), the explanation's saved file (.npz, reloaded by Explanation.load) and its JSON
-    (every field but the image), in a fresh folder that Gradio serves and later cleans up."""
+def png_file(picture: Image.Image, stem: str) -> str:
+    """The picture as a PNG in a fresh folder. Pages are given files rather than images: Gradio writes an image
+    it is given to a path named by its content, in place, so two identical answers at once (two users on one
+    example) could send one of them a half-written file; a file it is given is copied atomically."""
+    path = Path(tempfile.mkdtemp(prefix="toolkit-demo-")) / f"{_slug(stem)}.png"
+    picture.save(path)
+    return str(path)
+
+
+def download_files(exp: Explanation, stem: str, picture: str | None = None) -> list[str]:
+    """The shown overlay (a PNG path), the explanation's saved file (.npz, reloaded by Explanation.load) and its
+    JSON (every field but the image), in a fresh folder that Gradio serves and later cleans up."""
     folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
     stem = f"{_slug(stem)}-{exp.method}"
-    files = []
-    if picture is not None:
-        picture.save(folder / f"{stem}.png")
-        files.append(folder / f"{stem}.png")
-    files.append(exp.save(folder / f"{stem}.npz"))
+    files = [str(exp.save(folder / f"{stem}.npz"))]
     data = {key: value for key, value in exp.to_dict().items() if key != "image"}
     (folder / f"{stem}.json").write_text(json.dumps(data, default=str), encoding="utf-8")
-    files.append(folder / f"{stem}.json")
-    return [str(path) for path in files]
+    files.append(str(folder / f"{stem}.json"))
+    return ([picture] if picture else []) + files

@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import InputError
+from ..explainer import Explainer
 from ..explanation import Explanation
 from ..images import to_rgb
 from ..methods import get_method
@@ -51,12 +52,11 @@ def parse_labels(spec: str | None) -> dict[str, str]:
     return labels
 
 
-def parse_target(value: Any) -> int | str | None:
-    """A target class or answer from a selector: blank or "(predicted)" for the model's own choice."""
-    if value is None or str(value).strip() in ("", PREDICTED):
-        return None
-    text = str(value).strip()
-    return int(text) if text.isdigit() else text
+def parse_target(value: Any) -> str | None:
+    """A target class or answer from a selector (a name, or an index as digits: the library tells them apart);
+    blank or "(predicted)" for the model's own choice."""
+    text = "" if value is None else str(value).strip()
+    return None if text in ("", PREDICTED) else text
 
 
 def chosen_methods(method: str | None, compare: str | None) -> list[str]:
@@ -70,17 +70,16 @@ def start_layer_for(method: str, start_layer: Any) -> int:
     return int(start_layer or 0) if get_method(method).takes_start_layer else 0
 
 
-def layer_count(loaded: LoadedModel) -> int:
+def layer_count(explainer: Explainer) -> int:
     """How many layers start_layer can choose from (the shallower tower of a two-tower model)."""
-    with loaded.session() as explainer:
-        adapter = explainer.adapter
-        if not isinstance(adapter, MultimodalAdapter):
-            return len(adapter.spec.layers)
-        per_stream: dict[str, int] = {}
-        for site in adapter.sites():
-            if site.is_self:
-                per_stream[site.query] = per_stream.get(site.query, 0) + 1
-        return min(per_stream.values())
+    adapter = explainer.adapter
+    if not isinstance(adapter, MultimodalAdapter):
+        return len(adapter.spec.layers)
+    per_stream: dict[str, int] = {}
+    for site in adapter.sites():
+        if site.is_self:
+            per_stream[site.query] = per_stream.get(site.query, 0) + 1
+    return min(per_stream.values())
 
 
 def pair(values: list, count: int = 2) -> list:
@@ -90,9 +89,9 @@ def pair(values: list, count: int = 2) -> list:
 
 @dataclass
 class ImageResult:
-    """One explanation as shown: the overlay, the ground-truth line and the downloads."""
+    """One explanation as shown: the overlay (a PNG file), the ground-truth line and the downloads."""
 
-    picture: Image.Image
+    picture: str
     report: str
     files: list[str]
 
@@ -119,19 +118,19 @@ class Handlers:
         """The built-in scene the image is, for the built-in models (whose view of it is the scene itself)."""
         return self.book.find(image) if loaded.entry.is_builtin else None
 
-    def shown(self, exp: Explanation, truth, stem: str) -> ImageResult:
-        picture = display.overlay_image(exp, truth)
+    def shown(self, exp: Explanation, truth, stem: str, downloads: bool = True) -> ImageResult:
+        picture = display.png_file(display.overlay_image(exp, truth), f"{stem}-{exp.method}")
         report = "\n\n".join(filter(None, [display.truth_report(exp, truth), display.map_summary(exp)]))
-        return ImageResult(picture, report, display.download_files(exp, stem, picture))
+        return ImageResult(picture, report, display.download_files(exp, stem, picture) if downloads else [])
 
     def model_settings(self, tab: str, model: str) -> dict[str, Any]:
         """What the tab's option widgets offer for this model: methods, layers, targets, built-in or not."""
         loaded = self.cache.get(tab, model)
-        methods = loaded.methods()
-        preferred = next((m for m in ("transformer_attribution", "generic") if m in methods), methods[0])
-        settings = {"methods": methods, "method": preferred, "builtin": loaded.entry.is_builtin,
-                    "zero_shot": loaded.entry.is_zero_shot, "layers": layer_count(loaded),
-                    "labels": loaded.labels() if tab in ("text", "image", "vqa") else []}
+        with loaded.session() as explainer:
+            settings = {"methods": explainer.applicable_methods(), "method": explainer.default_method,
+                        "labels": [explainer.labels[k] for k in sorted(explainer.labels)],
+                        "layers": layer_count(explainer)}
+        settings.update(builtin=loaded.entry.is_builtin, zero_shot=loaded.entry.is_zero_shot)
         if loaded.entry.is_zero_shot:
             labels = loaded.entry.labels or DEFAULT_LABELS
             settings["label_spec"] = "\n".join(f"{name}: {text}" for name, text in labels.items())
@@ -166,7 +165,7 @@ class Handlers:
         results = [self.shown(e, truth, e.label) for e in exps]
         header = f"Ground truth: {truth.what}, outlined." if truth else ""
         report = "\n\n".join(filter(None, [header] + [r.report for r in results]))
-        return (prediction, *pair([r.picture for r in results]), display.raw_map_image(exps[0]), report,
+        return (prediction, *pair([r.picture for r in results]), display.png_file(display.raw_map_image(exps[0]), "raw-map"), report,
                 [f for r in results for f in r.files])
 
     # --- image-text similarity ---------------------------------------------------------------------------
@@ -239,8 +238,8 @@ class Handlers:
             raise InputError("The model ended the caption at once: there is no token to explain. Give a caption.")
         tokens = [step.token for step in first.steps]
         truths = caption_step_truths(scene, first.caption, tokens) if scene is not None else {}
-        steps = [[self.shown(e.caption_step(i), truths.get(i), f"{i}-{token}") for i, token in enumerate(tokens)]
-                 for e in exps]
+        steps = [[self.shown(e.caption_step(i), truths.get(i), f"{i}-{token}", downloads=False)
+                  for i, token in enumerate(tokens)] for e in exps]
         galleries = [[(r.picture, f"{i} · {tokens[i]}") for i, r in enumerate(run)] for run in steps]
         words = " ".join(f"{t} <sub>{math.exp(step.log_prob):.2f}</sub>" for t, step in zip(tokens, first.steps))
         header = (f"### “{first.caption}”\n{'Given' if given else 'Generated'} caption, probability "

@@ -52,16 +52,6 @@ class LoadedModel:
             classifier = ZeroShotTextClassifier(self.model, self.processor, labels or self.entry.labels or DEFAULT_LABELS)
             yield Explainer(classifier, self.processor, name=self.entry.model)
 
-    def methods(self) -> list[str]:
-        """The registered methods that apply to this model."""
-        with self.session() as explainer:
-            return explainer.applicable_methods()
-
-    def labels(self) -> list[str]:
-        """Class names (the zero-shot model's default labels), for the target selector."""
-        with self.session() as explainer:
-            return [explainer.labels[k] for k in sorted(explainer.labels)]
-
     def attention_model(self) -> nn.Module:
         """The stock transformer the attention views read (the zero-shot model's own encoder)."""
         return self.model

@@ -70,6 +70,7 @@ def user_facing(fn: Callable) -> Callable:
                                "Try another input or method; the app keeps running.", print_exception=False) from None
             finally:
                 for message in messages:
+                    log.info("%s warned: %s", fn.__name__, message)
                     gr.Warning(message)
         log.info("%s answered in %.0f ms", fn.__name__, 1000 * (time.perf_counter() - start))
         return result

@@ -91,7 +91,7 @@ def export_space(folder: str | Path, config: DemoConfig | None = None, overwrite
     target = folder / package.name
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi"))
     (folder / "app.py").write_text(APP, encoding="utf-8")
     (folder / "demo.yaml").write_text(to_yaml(config), encoding="utf-8")
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
