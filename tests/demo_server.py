@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,7 +71,24 @@ def start(command: list[str], log: Path, cwd: Path = REPO, port: int | None = No
     raise RuntimeError(f"the server did not answer within {timeout:.0f} s:\n{server.log_text()[-4000:]}")
 
 
-def start_demo(log: Path, *options: str) -> Server:
+def start_demo(log: Path, *options: str, entry: tuple[str, ...] = ("-m", "toolkit", "demo")) -> Server:
+    """The demo launched by ``entry`` (``python -m toolkit demo``, or ``demos/app.py``) on a free port."""
     port = free_port()
-    return start([sys.executable, "-m", "toolkit", "demo", "--server-name", "127.0.0.1", "--server-port", str(port),
-                  *options], log, port=port)
+    return start([sys.executable, *entry, "--server-name", "127.0.0.1", "--server-port", str(port), *options],
+                 log, port=port)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The demo as a user launches it (``python -m toolkit demo``), once per test module that imports it."""
+    server = start_demo(tmp_path_factory.mktemp("demo") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    """The same demo launched by the thin wrapper ``demos/app.py``."""
+    server = start_demo(tmp_path_factory.mktemp("app") / "server.log", entry=(str(REPO / "demos" / "app.py"),))
+    yield server
+    server.stop()

@@ -50,6 +50,8 @@ TEXT_EXAMPLES = [
 TEXT_EXAMPLE_NAMES = ["Film review: sentiment", "Sport news: topic", "Politics news: topic", "Science news: topic"]
 VIEW_EXAMPLES = [["The cat sat on the mat because it was tired.", ""],
                  ["The house is wonderful.", "I would like to live there."]]
+VIEW_EXAMPLE_NAMES = ["One sentence", "A sentence pair"]
+TEXT_HEIGHT = 420  # px; longer texts scroll
 METHOD_INFO = "Only the methods that apply to the chosen model are listed."
 
 
@@ -136,16 +138,22 @@ def _compare_toggle(compare: gr.Dropdown, outputs: list) -> None:
                    api_visibility="private", queue=False)
 
 
-def _image_input(config: DemoConfig, visible: bool = True) -> ImageInput:
+def _image_input(config: DemoConfig, tab: str, visible: bool = True) -> ImageInput:
     image = ImageInput(label="Image", type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
-                       height=300, visible=visible, elem_classes=["tk-pixelated", "tk-input-image"])
+                       height=300, visible=visible, elem_id=f"tk-{tab}-input",
+                       elem_classes=["tk-pixelated", "tk-input-image"])
     image.max_pixels = config.serving.max_image_pixels
     return image
 
 
-def _overlay(label: str, visible: bool = True) -> gr.Image:
-    return gr.Image(label=label, format="png", height=300, interactive=False, visible=visible,
+def _overlay(label: str, elem_id: str, visible: bool = True) -> gr.Image:
+    return gr.Image(label=label, format="png", height=300, interactive=False, visible=visible, elem_id=elem_id,
                     elem_classes=["tk-pixelated"], buttons=["download", "fullscreen"])
+
+
+def _gallery(label: str, elem_id: str, columns: int, visible: bool = True) -> gr.Gallery:
+    return gr.Gallery(label=label, columns=columns, height="auto", object_fit="contain", format="png",
+                      visible=visible, elem_id=elem_id, elem_classes=["tk-pixelated"])
 
 
 def _downloads() -> gr.File:
@@ -172,8 +180,9 @@ def _text_tab(handlers: Handlers) -> None:
         with gr.Column(scale=7):
             prediction = gr.Label(label="Prediction", num_top_classes=5)
             with gr.Row():
-                page_a = gr.HTML(label="Relevance", elem_id="tk-text-a")
-                page_b = gr.HTML(label="Relevance (comparison)", visible=False, elem_id="tk-text-b")
+                page_a = gr.HTML(label="Relevance", elem_id="tk-text-a", max_height=TEXT_HEIGHT)
+                page_b = gr.HTML(label="Relevance (comparison)", visible=False, elem_id="tk-text-b",
+                                 max_height=TEXT_HEIGHT)
             table = gr.Dataframe(label="Most relevant words (signed scores)", interactive=False, max_height=320)
             files = _downloads()
     controls.on_model_change(lambda s: [gr.update(visible=s["zero_shot"], value=s.get("label_spec", ""))], [labels])
@@ -190,16 +199,16 @@ def _image_tab(handlers: Handlers, examples: list[str]) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):
             controls = Controls(handlers, "image", "Target class")
-            image = _image_input(config)
+            image = _image_input(config, "image")
             scene = _scene_button(controls)
             button = gr.Button("Explain", variant="primary")
             gr.Examples([[p] for p in examples], [image], label="Example scenes (click, then Explain)")
         with gr.Column(scale=7):
             prediction = gr.Label(label="Prediction", num_top_classes=5)
             with gr.Row():
-                overlay_a = _overlay("Relevance")
-                overlay_b = _overlay("Relevance (comparison)", visible=False)
-            report = gr.Markdown(elem_classes=["tk-note"])
+                overlay_a = _overlay("Relevance", "tk-image-a")
+                overlay_b = _overlay("Relevance (comparison)", "tk-image-b", visible=False)
+            report = gr.Markdown(label="Ground truth", elem_id="tk-image-report", elem_classes=["tk-note"])
             with gr.Accordion("Raw map", open=False):
                 raw = gr.Image(label="The map alone, one block per patch", format="png", height=260,
                                interactive=False, elem_classes=["tk-pixelated"])
@@ -217,7 +226,7 @@ def _image_text_tab(handlers: Handlers, examples: list[str]) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):
             controls = Controls(handlers, "image_text", None)
-            image = _image_input(config)
+            image = _image_input(config, "image_text")
             captions = gr.Textbox(label="Captions, one per line", lines=3)
             scene = _scene_button(controls)
             button = gr.Button("Explain", variant="primary")
@@ -225,15 +234,13 @@ def _image_text_tab(handlers: Handlers, examples: list[str]) -> None:
                         label="Example scenes (click, then Explain)")
         with gr.Column(scale=7):
             prediction = gr.Label(label="Which caption fits (softmax over the captions)", num_top_classes=8)
-            table = gr.Markdown()
+            table = gr.Markdown(label="Captions")
             with gr.Row():
-                gallery_a = gr.Gallery(label="Relevance per caption", columns=3, height=330, format="png",
-                                       elem_classes=["tk-pixelated"])
-                gallery_b = gr.Gallery(label="Relevance per caption (comparison)", columns=3, height=330,
-                                       format="png", visible=False, elem_classes=["tk-pixelated"])
+                gallery_a = _gallery("Relevance per caption", "tk-image_text-gallery-a", 3)
+                gallery_b = _gallery("Relevance per caption (comparison)", "tk-image_text-gallery-b", 3, False)
             with gr.Row():
-                page_a = gr.HTML(elem_id="tk-image-text-a")
-                page_b = gr.HTML(visible=False)
+                page_a = gr.HTML(label="Caption relevance", elem_id="tk-image_text-a")
+                page_b = gr.HTML(label="Caption relevance (comparison)", visible=False, elem_id="tk-image_text-b")
             files = _downloads()
     controls.on_model_change(lambda s: [gr.update(visible=s["builtin"])], [scene])
     _compare_toggle(controls.compare, [gallery_b, page_b])
@@ -249,7 +256,7 @@ def _vqa_tab(handlers: Handlers, examples: list[str]) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):
             controls = Controls(handlers, "vqa", "Answer to explain")
-            image = _image_input(config)
+            image = _image_input(config, "vqa")
             question = gr.Textbox(label="Question", placeholder="what colour is the circle?")
             scene = _scene_button(controls)
             asked = gr.Dropdown([], label="Questions about this scene", visible=False)
@@ -257,14 +264,15 @@ def _vqa_tab(handlers: Handlers, examples: list[str]) -> None:
             gr.Examples([[p, s.questions[0].text] for p, s in zip(examples, scenes)], [image, question],
                         label="Example scenes (click, then Explain)")
         with gr.Column(scale=7):
-            prediction = gr.Label(label="Answer (top 5)", num_top_classes=5)
+            prediction = gr.Label(label="Answers (top 5, each scored on its own: ViLT's head is multi-label)",
+                                  num_top_classes=5)
             with gr.Row():
-                overlay_a = _overlay("Relevance")
-                overlay_b = _overlay("Relevance (comparison)", visible=False)
+                overlay_a = _overlay("Relevance", "tk-vqa-image-a")
+                overlay_b = _overlay("Relevance (comparison)", "tk-vqa-image-b", visible=False)
             with gr.Row():
-                page_a = gr.HTML(elem_id="tk-vqa-a")
-                page_b = gr.HTML(visible=False)
-            report = gr.Markdown(elem_classes=["tk-note"])
+                page_a = gr.HTML(label="Question relevance", elem_id="tk-vqa-a")
+                page_b = gr.HTML(label="Question relevance (comparison)", visible=False, elem_id="tk-vqa-b")
+            report = gr.Markdown(label="Ground truth", elem_id="tk-vqa-report", elem_classes=["tk-note"])
             files = _downloads()
     controls.on_model_change(lambda s: [gr.update(visible=s["builtin"])], [scene])
     _compare_toggle(controls.compare, [overlay_b, page_b])
@@ -285,27 +293,26 @@ def _captioning_tab(handlers: Handlers, examples: list[str]) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):
             controls = Controls(handlers, "captioning", None, with_layers=False)
-            image = _image_input(config)
+            image = _image_input(config, "captioning")
             mode = gr.Radio(["Generate a caption", "Explain my caption"], value="Generate a caption", label="Caption")
             caption = gr.Textbox(label="Your caption", placeholder="a red circle left of a blue square")
             scene = _scene_button(controls)
             button = gr.Button("Explain", variant="primary")
             gr.Examples([[p] for p in examples], [image], label="Example scenes (click, then Explain)")
         with gr.Column(scale=7):
-            header = gr.Markdown()
+            header = gr.Markdown(label="Caption", elem_id="tk-captioning-header")
             with gr.Row():
-                gallery_a = gr.Gallery(label="A map for every token", columns=4, height=300, format="png",
-                                       elem_classes=["tk-pixelated"])
-                gallery_b = gr.Gallery(label="A map for every token (comparison)", columns=4, height=300,
-                                       format="png", visible=False, elem_classes=["tk-pixelated"])
+                gallery_a = _gallery("A map for every token", "tk-captioning-gallery-a", 4)
+                gallery_b = _gallery("A map for every token (comparison)", "tk-captioning-gallery-b", 4, False)
             step = gr.Slider(0, 11, value=0, step=1, label="Token to inspect")
             with gr.Row():
-                step_a = _overlay("This token's map")
-                step_b = _overlay("This token's map (comparison)", visible=False)
+                step_a = _overlay("This token's map", "tk-captioning-step-image-a")
+                step_b = _overlay("This token's map (comparison)", "tk-captioning-step-image-b", visible=False)
             with gr.Row():
-                step_page_a = gr.HTML(elem_id="tk-caption-step-a")
-                step_page_b = gr.HTML(visible=False)
-            report = gr.Markdown(elem_classes=["tk-note"])
+                step_page_a = gr.HTML(label="Earlier tokens' relevance", elem_id="tk-captioning-step-a")
+                step_page_b = gr.HTML(label="Earlier tokens' relevance (comparison)", visible=False,
+                                      elem_id="tk-captioning-step-b")
+            report = gr.Markdown(label="Ground truth", elem_id="tk-captioning-report", elem_classes=["tk-note"])
             files = _downloads()
             state = gr.State()
     controls.on_model_change(lambda s: [gr.update(visible=s["builtin"])], [scene])
@@ -337,12 +344,12 @@ def _attention_tab(handlers: Handlers) -> None:
                                "neuron: queries and keys; image: attention from a patch or [CLS]")
             text_a = gr.Textbox(label="Text", value=VIEW_EXAMPLES[0][0], visible=first_kind == "text")
             text_b = gr.Textbox(label="Second sentence (optional)", visible=first_kind == "text")
-            image = _image_input(handlers.config, visible=first_kind == "image")
+            image = _image_input(handlers.config, "attention", visible=first_kind == "image")
             scene = gr.Button("New scene", size="sm", visible=first_kind == "image")
             button = gr.Button("Show attention", variant="primary")
-            gr.Examples(VIEW_EXAMPLES, [text_a, text_b], label="Examples")
+            gr.Examples(VIEW_EXAMPLES, [text_a, text_b], label="Examples", example_labels=VIEW_EXAMPLE_NAMES)
         with gr.Column(scale=8):
-            page = gr.HTML(elem_id="tk-attention-view")
+            page = gr.HTML(label="Attention view", elem_id="tk-attention-view")
 
     def switch(choice: str):
         kind = models[choice][0]
@@ -364,7 +371,8 @@ def _methods_table() -> str:
             "Explainability* (ICCV 2021); rollout: Abnar & Zuidema (2020).")
 
 
-def build_app(config: DemoConfig | None = None, *, preload: bool = False, handlers: Handlers | None = None) -> gr.Blocks:
+def build_app(config: DemoConfig | None = None, *, preload: bool = False,
+              handlers: Handlers | None = None) -> gr.Blocks:
     """The demo for ``config`` (the built-in models by default), queued under its serving limits. Launch it with
     :func:`toolkit.demo.serve`, or ``app.launch(**launch_options(config))``."""
     config = config or DemoConfig()

@@ -50,9 +50,10 @@ def overlay_image(exp: Explanation, truth: GroundTruth | None = None) -> Image.I
     outlined. The overlay is drawn at the enlarged size, so its heatmap is interpolated there."""
     factor = enlargement(exp.image)
     shown = replace(exp, image=enlarge(exp.image, factor)) if factor > 1 else exp
-    picture = np.asarray(shown.overlay().convert("RGB"))
-    if truth is not None:
-        picture = draw_outline(picture, truth.mask)
+    picture = np.array(shown.overlay().convert("RGB"))
+    if truth is not None:  # on the image part only (a scale drawn beside it is left alone)
+        height, width = shown.image.shape[:2]
+        picture[:height, :width] = draw_outline(picture[:height, :width], truth.mask)
     return Image.fromarray(picture)
 
 
@@ -78,7 +79,10 @@ def truth_report(exp: Explanation, truth: GroundTruth | None) -> str:
     mass, hit = truth.scores(exp.heatmap)
     if math.isnan(mass):
         return f"**{exp.method}**: the map has no positive relevance, so it points nowhere."
-    peak = "inside (a hit)" if hit == 1 else "outside (a miss)" if hit == 0 else f"inside for {hit:.0%} of its tied maxima"
+    if hit in (0, 1):
+        peak = "inside (a hit)" if hit == 1 else "outside (a miss)"
+    else:
+        peak = f"inside for {hit:.0%} of its tied maxima"
     return (f"**{exp.method}**: {mass:.0%} of the positive relevance lies inside the outline "
             f"(a uniform map: {truth.chance:.0%}); the peak is {peak}.")
 
@@ -106,15 +110,16 @@ def score_table(exps: list[Explanation], count: int = 12) -> dict:
             "data": [[pieces[i]] + [round(float(scores[i]), 5) for scores in columns] for i in order]}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "explanation"
+def slug(text: str) -> str:
+    """A short file-name form of a text."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "explanation"
 
 
-def png_file(picture: Image.Image, stem: str) -> str:
+def png_file(picture: Image.Image, name: str) -> str:
     """The picture as a PNG in a fresh folder. Pages are given files rather than images: Gradio writes an image
     it is given to a path named by its content, in place, so two identical answers at once (two users on one
     example) could send one of them a half-written file; a file it is given is copied atomically."""
-    path = Path(tempfile.mkdtemp(prefix="toolkit-demo-")) / f"{_slug(stem)}.png"
+    path = Path(tempfile.mkdtemp(prefix="toolkit-demo-")) / f"{name}.png"
     picture.save(path)
     return str(path)
 
@@ -123,7 +128,7 @@ def download_files(exp: Explanation, stem: str, picture: str | None = None) -> l
     """The shown overlay (a PNG path), the explanation's saved file (.npz, reloaded by Explanation.load) and its
     JSON (every field but the image), in a fresh folder that Gradio serves and later cleans up."""
     folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
-    stem = f"{_slug(stem)}-{exp.method}"
+    stem = f"{slug(stem)}-{exp.method}"
     files = [str(exp.save(folder / f"{stem}.npz"))]
     data = {key: value for key, value in exp.to_dict().items() if key != "image"}
     (folder / f"{stem}.json").write_text(json.dumps(data, default=str), encoding="utf-8")

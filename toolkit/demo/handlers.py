@@ -119,7 +119,7 @@ class Handlers:
         return self.book.find(image) if loaded.entry.is_builtin else None
 
     def shown(self, exp: Explanation, truth, stem: str, downloads: bool = True) -> ImageResult:
-        picture = display.png_file(display.overlay_image(exp, truth), f"{stem}-{exp.method}")
+        picture = display.png_file(display.overlay_image(exp, truth), f"{display.slug(stem)}-{exp.method}")
         report = "\n\n".join(filter(None, [display.truth_report(exp, truth), display.map_summary(exp)]))
         return ImageResult(picture, report, display.download_files(exp, stem, picture) if downloads else [])
 
@@ -165,8 +165,8 @@ class Handlers:
         results = [self.shown(e, truth, e.label) for e in exps]
         header = f"Ground truth: {truth.what}, outlined." if truth else ""
         report = "\n\n".join(filter(None, [header] + [r.report for r in results]))
-        return (prediction, *pair([r.picture for r in results]), display.png_file(display.raw_map_image(exps[0]), "raw-map"), report,
-                [f for r in results for f in r.files])
+        raw = display.png_file(display.raw_map_image(exps[0]), f"raw-map-{exps[0].method}")
+        return (prediction, *pair([r.picture for r in results]), raw, report, [f for r in results for f in r.files])
 
     # --- image-text similarity ---------------------------------------------------------------------------
     def explain_image_text(self, model: str, path: Any, captions_text: str, method: str, compare: str,
@@ -185,8 +185,7 @@ class Handlers:
                     for m in methods]
         truths = [caption_truth(scene, c) if scene is not None else None for c in captions]
         prediction = {exp.text: exp.probability for exp in runs[0]}
-        rows = ["| caption | similarity | probability | relevance inside the named objects | peak on them |",
-                "| --- | ---: | ---: | ---: | :---: |"]
+        rows = ["| caption | cosine | p | mass on its objects | peak |", "| --- | ---: | ---: | ---: | :---: |"]
         for exp, truth in zip(runs[0], truths):
             mass, hit = truth.scores(exp.heatmap) if truth is not None else (None, None)
             rows.append(f"| {exp.text} | {exp.similarity:.3f} | {exp.probability:.1%} | "

@@ -49,7 +49,8 @@ class LoadedModel:
                 return
             from ..zero_shot import DEFAULT_LABELS, ZeroShotTextClassifier
 
-            classifier = ZeroShotTextClassifier(self.model, self.processor, labels or self.entry.labels or DEFAULT_LABELS)
+            labels = labels or self.entry.labels or DEFAULT_LABELS
+            classifier = ZeroShotTextClassifier(self.model, self.processor, labels)
             yield Explainer(classifier, self.processor, name=self.entry.model)
 
     def attention_model(self) -> nn.Module:
