@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("gradio")
 
@@ -235,7 +236,7 @@ def test_ground_truth_report_matches_the_metrics(vit, scenes):
     truth = largest_object_truth(scene)
     mass, hit = truth.scores(exp.heatmap)
     assert mass == relevance_mass_accuracy(exp.heatmap, truth.mask) and hit == pointing_game(exp.heatmap, truth.mask)
-    report = display.truth_report(exp, truth)
+    report = display.map_report(exp, truth)
     assert f"{mass:.0%} of the positive relevance" in report and f"{truth.chance:.0%}" in report
 
 
@@ -347,3 +348,40 @@ def test_cli_has_demo_and_export_space(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("text: [minilm-zero-shot]\nimage: []\nvqa: {model: 3}\n")
     assert main(["demo", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "vqa" in capsys.readouterr().err
+
+
+# --- models a config names (a local folder stands in for the Hub) -------------------------------------------
+@pytest.fixture(scope="module")
+def local_models(tmp_path_factory, wordpiece):
+    from conftest import _image_processor, make_bert, make_hf_vit
+
+    folder = tmp_path_factory.mktemp("local")
+    make_bert(wordpiece.vocab_size).save_pretrained(folder / "bert")
+    wordpiece.save_pretrained(folder / "bert")
+    make_hf_vit().save_pretrained(folder / "vit")
+    _image_processor().save_pretrained(folder / "vit")
+    config = parse_config({"text": ["minilm-zero-shot", {"model": str(folder / "bert"), "title": "tiny BERT"}],
+                           "image": [{"model": str(folder / "vit"), "title": "tiny ViT"}]})
+    return Handlers(config)
+
+
+def test_a_configured_text_classifier_is_served(local_models, tmp_path):
+    settings = local_models.model_settings("text", "tiny BERT")
+    assert settings["methods"] == ["attention_gradcam", "generic", "lrp", "partial_lrp", "raw_attention", "rollout",
+                                   "transformer_attribution"]
+    assert settings["method"] == "transformer_attribution" and not settings["builtin"] and settings["layers"] == 3
+    label, page, page_b, table, files = local_models.explain_text("tiny BERT", "the movie was surprisingly good",
+                                                                  "", "lrp", "(none)", 0, settings["labels"][2])
+    assert set(label) == set(settings["labels"]) and page_b is None
+    assert all(f">{word}</span>" in page for word in ("movie", "surprisingly"))
+    assert len(table["data"]) == 5 and len(files) == 2
+
+
+def test_a_configured_image_classifier_is_served_without_ground_truth(local_models, tmp_path):
+    local_models.book.draw(0).image.save(tmp_path / "scene.png")
+    label, overlay, overlay_b, raw, report, files = local_models.explain_image(
+        "tiny ViT", str(tmp_path / "scene.png"), "generic", "rollout", 1, "(predicted)")
+    assert len(label) == 4
+    assert np.asarray(Image.open(overlay)).shape == (256, 256, 3)  # the 32x32 model view, enlarged 8 times
+    assert "Ground truth" not in report  # a scene, but not a built-in model: its view is not the scene
+    assert "rollout" in report and len(files) == 6

@@ -33,7 +33,6 @@ CSS = """
 .tk-text {font-size: 15px; margin-bottom: 6px;}
 .tk-caption {font-weight: 600; margin: 8px 0 2px;}
 .tk-note {color: var(--body-text-color-subdued); font-size: 13px;}
-footer {visibility: hidden;}
 """
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",
                 "sans-serif"]

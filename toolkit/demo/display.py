@@ -65,26 +65,23 @@ def raw_map_image(exp: Explanation) -> Image.Image:
     return Image.fromarray(enlarge(coloured, max(1, math.ceil(DISPLAY_SIDE / max(coloured.shape[:2])))))
 
 
-def map_summary(exp: Explanation) -> str:
-    """The raw map's range, so the colours can be read as numbers."""
+def map_report(exp: Explanation, truth: GroundTruth | None = None) -> str:
+    """One Markdown paragraph per method: how much of the map lies on the ground truth and whether its peak does
+    (when there is one), and the raw map's range, so the colours can be read as numbers."""
     heatmap = np.asarray(exp.heatmap, dtype=np.float64)
-    return (f"raw map {heatmap.shape[0]}×{heatmap.shape[1]}: min {heatmap.min():.3g}, max {heatmap.max():.3g}, "
-            f"sum {heatmap.sum():.3g}")
-
-
-def truth_report(exp: Explanation, truth: GroundTruth | None) -> str:
-    """One Markdown line: how much of the map lies on the ground truth, and whether its peak does."""
+    summary = (f"Raw map {heatmap.shape[0]}×{heatmap.shape[1]}: min {heatmap.min():.3g}, max {heatmap.max():.3g}, "
+               f"sum {heatmap.sum():.3g}.")
     if truth is None:
-        return ""
+        return f"**{exp.method}**: {summary}"
     mass, hit = truth.scores(exp.heatmap)
     if math.isnan(mass):
-        return f"**{exp.method}**: the map has no positive relevance, so it points nowhere."
+        return f"**{exp.method}**: the map has no positive relevance, so it points nowhere. {summary}"
     if hit in (0, 1):
         peak = "inside (a hit)" if hit == 1 else "outside (a miss)"
     else:
         peak = f"inside for {hit:.0%} of its tied maxima"
     return (f"**{exp.method}**: {mass:.0%} of the positive relevance lies inside the outline "
-            f"(a uniform map: {truth.chance:.0%}); the peak is {peak}.")
+            f"(a uniform map: {truth.chance:.0%}); the peak is {peak}. {summary}")
 
 
 def text_html(exp: Explanation, caption: str | None = None) -> str:

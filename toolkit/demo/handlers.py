@@ -105,14 +105,13 @@ class Handlers:
         self.book = book or SceneBook()
 
     # --- shared ----------------------------------------------------------------------------------------
-    def image(self, path: Any) -> Image.Image:
+    @staticmethod
+    def image(path: Any) -> Image.Image:
+        """The request's image, read by the library (which downscales huge ones, with a warning). Its size in
+        pixels was checked on upload (ImageInput)."""
         if path is None or (isinstance(path, str) and not path.strip()):
             raise InputError("Add an image first: upload or paste one, click an example, or draw a New scene.")
-        image = to_rgb(path)
-        if image.width * image.height > self.config.serving.max_image_pixels:
-            raise InputError(f"The image is {image.width}×{image.height} pixels; this demo takes up to "
-                             f"{self.config.serving.max_image_pixels:,} pixels.")
-        return image
+        return to_rgb(path)
 
     def scene_of(self, loaded: LoadedModel, image: Image.Image):
         """The built-in scene the image is, for the built-in models (whose view of it is the scene itself)."""
@@ -120,8 +119,7 @@ class Handlers:
 
     def shown(self, exp: Explanation, truth, stem: str, downloads: bool = True) -> ImageResult:
         picture = display.png_file(display.overlay_image(exp, truth), f"{display.slug(stem)}-{exp.method}")
-        report = "\n\n".join(filter(None, [display.truth_report(exp, truth), display.map_summary(exp)]))
-        return ImageResult(picture, report, display.download_files(exp, stem, picture) if downloads else [])
+        return ImageResult(picture, display.map_report(exp, truth), display.download_files(exp, stem, picture) if downloads else [])
 
     def model_settings(self, tab: str, model: str) -> dict[str, Any]:
         """What the tab's option widgets offer for this model: methods, layers, targets, built-in or not."""
@@ -286,7 +284,7 @@ class Handlers:
         if tab == "image":
             image = self.image(path)
             with loaded.lock:
-                page = views.image_attention_view(loaded.attention_model(), image, loaded.processor)
+                page = views.image_attention_view(loaded.model, image, loaded.processor)
         else:
             limit = self.config.serving.max_text_chars
             first = require_text(text_a, "a text", limit)
@@ -296,7 +294,7 @@ class Handlers:
             tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
             view_of = {"head": views.head_view, "model": views.model_view, "neuron": views.neuron_view}[view]
             with loaded.lock:
-                page = view_of(loaded.attention_model(), tokenizer, first, second)
+                page = view_of(loaded.model, tokenizer, first, second)
         return page.iframe_html()
 
     # --- new scenes -------------------------------------------------------------------------------------------

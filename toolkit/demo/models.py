@@ -26,8 +26,9 @@ TAB_KINDS = {"text": "text", "image": "image", "image_text": "image-text similar
 
 @dataclass
 class LoadedModel:
-    """A loaded model of one tab. The zero-shot MiniLM keeps its encoder and builds a classifier for the labels
-    of each request (its label embeddings are fixed at construction); every other model keeps its Explainer."""
+    """A loaded model of one tab. The zero-shot MiniLM keeps its encoder as ``model`` and builds a classifier for
+    the labels of each request (its label embeddings are fixed at construction); every other model keeps its
+    Explainer. ``model`` is the stock transformer the attention views read; hold ``lock`` while using it."""
 
     entry: ModelEntry
     tab: str
@@ -52,10 +53,6 @@ class LoadedModel:
             labels = labels or self.entry.labels or DEFAULT_LABELS
             classifier = ZeroShotTextClassifier(self.model, self.processor, labels)
             yield Explainer(classifier, self.processor, name=self.entry.model)
-
-    def attention_model(self) -> nn.Module:
-        """The stock transformer the attention views read (the zero-shot model's own encoder)."""
-        return self.model
 
 
 def load_entry(tab: str, entry: ModelEntry) -> LoadedModel:
