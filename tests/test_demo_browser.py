@@ -156,5 +156,5 @@ def test_a_bad_input_shows_a_message_and_the_page_keeps_working(page, shots):
     open_tab(page, "Text classification")
     page.get_by_label("Text").first.fill("a good film " * 300)
     click(page, "Explain")
-    page.get_by_text("truncated to the model's limit").first.wait_for(timeout=TIMEOUT)
+    page.get_by_text("tokens long but the model reads at most").first.wait_for(timeout=TIMEOUT)
     assert not page.errors

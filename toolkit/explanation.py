@@ -176,7 +176,7 @@ class Explanation:
                            probability=float(np.exp(step.log_prob)), scores=step.text_scores,
                            tokens=list(step.text_tokens), heatmap=step.heatmap, image=self.image,
                            options=self.options, text=" ".join(step.text_tokens), caption=self.caption,
-                           versions=self.versions)
+                           original_image=self.original_image, crop_box=self.crop_box, versions=self.versions)
 
     def _repr_html_(self) -> str:
         if self.heatmap is not None:

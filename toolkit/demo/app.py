@@ -32,6 +32,7 @@ CSS = """
 .tk-input-image img {object-fit: contain !important; width: 100% !important; height: 100% !important;}
 .tk-text {font-size: 15px; margin-bottom: 6px;}
 .tk-caption {font-weight: 600; margin: 8px 0 2px;}
+.tk-text table.heading th, .tk-text table.heading td {border: none !important; background: none !important;}
 .tk-note {color: var(--body-text-color-subdued); font-size: 13px;}
 """
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial",

@@ -46,11 +46,11 @@ def draw_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def overlay_image(exp: Explanation, truth: GroundTruth | None = None) -> Image.Image:
-    """The library's overlay drawn on the model's view of the image, enlarged for reading, with the ground truth
-    outlined. The overlay is drawn at the enlarged size, so its heatmap is interpolated there."""
+    """The library's overlay, with its colour bar, drawn on the model's view of the image enlarged for reading,
+    with the ground truth outlined. Drawn at the enlarged size, so the heatmap is interpolated there."""
     factor = enlargement(exp.image)
     shown = replace(exp, image=enlarge(exp.image, factor)) if factor > 1 else exp
-    picture = np.array(shown.overlay().convert("RGB"))
+    picture = np.array(shown.overlay(colour_bar=True).convert("RGB"))
     if truth is not None:  # on the image part only (a scale drawn beside it is left alone)
         height, width = shown.image.shape[:2]
         picture[:height, :width] = draw_outline(picture[:height, :width], truth.mask)
@@ -58,9 +58,9 @@ def overlay_image(exp: Explanation, truth: GroundTruth | None = None) -> Image.I
 
 
 def raw_map_image(exp: Explanation) -> Image.Image:
-    """The map alone, one block per patch (or pixel): the library's colours at full opacity on the map's own
-    grid, enlarged without interpolation."""
-    grid = np.zeros((*exp.heatmap.shape, 3), dtype=np.uint8)
+    """The map alone, one block per patch (or pixel): the library's colours at full opacity on white, on the
+    map's own grid, enlarged without interpolation (the scale is the overlay's colour bar)."""
+    grid = np.full((*exp.heatmap.shape, 3), 255, dtype=np.uint8)
     coloured = np.asarray(replace(exp, image=grid, boxes=None).overlay(alpha=1.0).convert("RGB"))
     return Image.fromarray(enlarge(coloured, max(1, math.ceil(DISPLAY_SIDE / max(coloured.shape[:2])))))
 
@@ -85,7 +85,7 @@ def map_report(exp: Explanation, truth: GroundTruth | None = None) -> str:
 
 
 def text_html(exp: Explanation, caption: str | None = None) -> str:
-    """The library's highlighted words (or tokens), under an optional caption."""
+    """The library's highlighted words (or tokens) with its heading and legend, under an optional caption."""
     body = exp.to_html(level="words" if exp.words is not None else "tokens")
     header = f'<div class="tk-caption">{html.escape(caption)}</div>' if caption else ""
     return f'<div class="tk-text">{header}{body}</div>'
@@ -123,11 +123,11 @@ def png_file(picture: Image.Image, name: str) -> str:
 
 def download_files(exp: Explanation, stem: str, picture: str | None = None) -> list[str]:
     """The shown overlay (a PNG path), the explanation's saved file (.npz, reloaded by Explanation.load) and its
-    JSON (every field but the image), in a fresh folder that Gradio serves and later cleans up."""
+    JSON (every field but the pictures), in a fresh folder that Gradio serves and later cleans up."""
     folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
     stem = f"{slug(stem)}-{exp.method}"
     files = [str(exp.save(folder / f"{stem}.npz"))]
-    data = {key: value for key, value in exp.to_dict().items() if key != "image"}
+    data = {key: value for key, value in exp.to_dict().items() if key not in ("image", "original_image")}
     (folder / f"{stem}.json").write_text(json.dumps(data, default=str), encoding="utf-8")
     files.append(str(folder / f"{stem}.json"))
     return ([picture] if picture else []) + files

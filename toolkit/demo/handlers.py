@@ -145,7 +145,7 @@ class Handlers:
             prediction = dict(explainer.predict(text, top_k=5))
             exps = [explainer.explain(text, method=m, target=parse_target(target),
                                       start_layer=start_layer_for(m, start_layer)) for m in methods]
-        pages = [display.text_html(e, f"{e.method} · {e.label} (p={e.probability:.3f})") for e in exps]
+        pages = [display.text_html(e) for e in exps]
         files = [path for e in exps for path in display.download_files(e, text[:40])]
         return (prediction, *pair(pages), display.score_table(exps), files)
 
@@ -193,8 +193,7 @@ class Handlers:
         for exps in runs:
             results = [self.shown(e, t, e.text) for e, t in zip(exps, truths)]
             galleries.append([(r.picture, f"{e.method}: {e.text}") for r, e in zip(results, exps)])
-            pages.append("".join(display.text_html(e, f"{e.method} · {e.text} (similarity {e.similarity:.3f})")
-                                 for e in exps))
+            pages.append("".join(display.text_html(e) for e in exps))
             files += [f for r in results for f in r.files]
         return (prediction, "\n".join(rows), *pair(galleries), *pair(pages), files)
 
@@ -213,7 +212,7 @@ class Handlers:
             top = explainer.predict(image=image, question=question, top_k=5) if explainer.labels else []
         prediction = dict(top) or {exps[0].answer: exps[0].probability}
         results = [self.shown(e, truth, f"{question}-{e.answer}") for e in exps]
-        pages = [display.text_html(e, f"{e.method} · answer: {e.answer} (p={e.probability:.3f})") for e in exps]
+        pages = [display.text_html(e) for e in exps]
         header = f"Ground truth: {truth.what}, outlined." if truth else ""
         report = "\n\n".join(filter(None, [header] + [r.report for r in results]))
         return (prediction, *pair([r.picture for r in results]), *pair(pages), report,
