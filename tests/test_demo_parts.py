@@ -385,3 +385,61 @@ def test_a_configured_image_classifier_is_served_without_ground_truth(local_mode
     assert np.asarray(Image.open(overlay)).shape[1] == 256  # the 32x32 model view, enlarged 8 times
     assert "Ground truth" not in report  # a scene, but not a built-in model: its view is not the scene
     assert "rollout" in report and len(files) == 6
+
+
+def test_output_folders_are_removed_after_their_time(tmp_path):
+    import os
+    import time
+
+    outputs = display.OutputFolders(tmp_path / "out", keep_seconds=3600)
+    old, new = outputs.fresh(), outputs.fresh()
+    (old / "overlay.png").write_bytes(b"png")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    outputs.prune()
+    assert not old.exists() and new.is_dir()
+
+
+# --- every request ends in a result or a readable message ----------------------------------------------------
+def test_user_facing_turns_errors_into_messages_and_relays_warnings(monkeypatch):
+    import gradio as gr
+
+    from toolkit.demo.serving import user_facing
+
+    shown = []
+    monkeypatch.setattr(gr, "Warning", shown.append)
+    install_warning_relay()
+
+    def explain(kind):
+        warnings.warn("the text was cut", UserWarning)
+        if kind == "toolkit":
+            raise InputError("Enter a question first.")
+        if kind == "bug":
+            raise KeyError("pixel_values")
+        return "done"
+
+    handler = user_facing(explain)
+    assert handler("ok") == "done" and shown == ["the text was cut"]
+    with pytest.raises(gr.Error) as caught:
+        handler("toolkit")
+    assert caught.value.message == "Enter a question first."
+    with pytest.raises(gr.Error) as caught:
+        handler("bug")
+    assert "KeyError" in caught.value.message and "the app keeps running" in caught.value.message
+    assert shown == ["the text was cut"] * 3
+
+
+def test_the_app_starts_when_a_configured_hub_model_cannot_load(monkeypatch):
+    """Offline, a hub model of the config cannot load: the app is built anyway (every method listed for it),
+    and a request for it gets the loader's message."""
+    from toolkit.demo import build_app
+    from toolkit.errors import ToolkitError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = parse_config({"text": ["someone/no-such-sentiment-model"], "image": [], "image_text": [], "vqa": [],
+                           "captioning": [], "attention_views": False})
+    handlers = Handlers(config)
+    app = build_app(config, handlers=handlers)
+    assert {"explain_text"} <= {fn.api_name for fn in app.fns.values()}
+    with pytest.raises(ToolkitError, match="no-such-sentiment-model"):
+        handlers.explain_text("someone/no-such-sentiment-model", "fine", "", "generic", "(none)", 0, None)

@@ -320,12 +320,12 @@ def _captioning_tab(handlers: Handlers, examples: list[str]) -> None:
     scene.click(user_facing(lambda: handlers.new_scene("captioning")), [], [image, caption],
                 api_name="new_scene_captioning")
 
-    def explain(model, path, chosen_mode, text, method, compare):
+    def explain_caption(model, path, chosen_mode, text, method, compare):
         result = handlers.explain_caption(model, path, chosen_mode == "Explain my caption", text, method, compare)
         header_md, gallery_first, gallery_second, last, *rest = result
         return (header_md, gallery_first, gallery_second, gr.update(maximum=max(last, 1), value=0), *rest)
 
-    button.click(user_facing(explain), [controls.model, image, mode, caption, *controls.options],
+    button.click(user_facing(explain_caption), [controls.model, image, mode, caption, *controls.options],
                  [header, gallery_a, gallery_b, step, step_a, step_b, step_page_a, step_page_b, report, files, state],
                  api_name="explain_caption")
     step.release(user_facing(handlers.caption_step_view), [state, step],

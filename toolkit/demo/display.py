@@ -7,7 +7,10 @@ import html
 import json
 import math
 import re
+import shutil
 import tempfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -112,19 +115,44 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-") or "explanation"
 
 
-def png_file(picture: Image.Image, name: str) -> str:
-    """The picture as a PNG in a fresh folder. Pages are given files rather than images: Gradio writes an image
-    it is given to a path named by its content, in place, so two identical answers at once (two users on one
-    example) could send one of them a half-written file; a file it is given is copied atomically."""
-    path = Path(tempfile.mkdtemp(prefix="toolkit-demo-")) / f"{name}.png"
+class OutputFolders:
+    """Fresh folders for the files a request returns, under one root, each removed ``keep_seconds`` after it was
+    made (Gradio copies what it serves into its own cache when the request ends, and cleans that itself)."""
+
+    def __init__(self, root: Path | None = None, keep_seconds: float = 3600.0):
+        self.root = Path(root or tempfile.mkdtemp(prefix="toolkit-demo-"))
+        self.keep_seconds = keep_seconds
+        self._pruned = time.monotonic()
+        self._lock = threading.Lock()
+
+    def fresh(self) -> Path:
+        with self._lock:
+            if time.monotonic() - self._pruned > min(self.keep_seconds, 600):
+                self._pruned = time.monotonic()
+                self.prune()
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def prune(self) -> None:
+        """Remove the folders older than ``keep_seconds``."""
+        deadline = time.time() - self.keep_seconds
+        for folder in self.root.glob("*"):
+            if folder.is_dir() and folder.stat().st_mtime < deadline:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def png_file(picture: Image.Image, name: str, folder: Path) -> str:
+    """The picture as a PNG file. Pages are given files rather than images: Gradio writes an image it is given
+    to a path named by its content, in place, so two identical answers at once (two users on one example) could
+    send one of them a half-written file; a file it is given is copied atomically."""
+    path = folder / f"{name}.png"
     picture.save(path)
     return str(path)
 
 
-def download_files(exp: Explanation, stem: str, picture: str | None = None) -> list[str]:
+def download_files(exp: Explanation, stem: str, folder: Path, picture: str | None = None) -> list[str]:
     """The shown overlay (a PNG path), the explanation's saved file (.npz, reloaded by Explanation.load) and its
-    JSON (every field but the pictures), in a fresh folder that Gradio serves and later cleans up."""
-    folder = Path(tempfile.mkdtemp(prefix="toolkit-demo-"))
+    JSON (every field but the pictures)."""
     stem = f"{slug(stem)}-{exp.method}"
     files = [str(exp.save(folder / f"{stem}.npz"))]
     data = {key: value for key, value in exp.to_dict().items() if key not in ("image", "original_image")}

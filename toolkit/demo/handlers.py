@@ -99,10 +99,12 @@ class ImageResult:
 class Handlers:
     """The demo's requests, over one model cache and one scene book."""
 
-    def __init__(self, config: DemoConfig, cache: ModelCache | None = None, book: SceneBook | None = None):
+    def __init__(self, config: DemoConfig, cache: ModelCache | None = None, book: SceneBook | None = None,
+                 outputs: display.OutputFolders | None = None):
         self.config = config
         self.cache = cache or ModelCache(config)
         self.book = book or SceneBook()
+        self.outputs = outputs or display.OutputFolders()
 
     # --- shared ----------------------------------------------------------------------------------------
     @staticmethod
@@ -118,8 +120,10 @@ class Handlers:
         return self.book.find(image) if loaded.entry.is_builtin else None
 
     def shown(self, exp: Explanation, truth, stem: str, downloads: bool = True) -> ImageResult:
-        picture = display.png_file(display.overlay_image(exp, truth), f"{display.slug(stem)}-{exp.method}")
-        return ImageResult(picture, display.map_report(exp, truth), display.download_files(exp, stem, picture) if downloads else [])
+        folder = self.outputs.fresh()
+        picture = display.png_file(display.overlay_image(exp, truth), f"{display.slug(stem)}-{exp.method}", folder)
+        files = display.download_files(exp, stem, folder, picture) if downloads else []
+        return ImageResult(picture, display.map_report(exp, truth), files)
 
     def model_settings(self, tab: str, model: str) -> dict[str, Any]:
         """What the tab's option widgets offer for this model: methods, layers, targets, built-in or not."""
@@ -146,7 +150,7 @@ class Handlers:
             exps = [explainer.explain(text, method=m, target=parse_target(target),
                                       start_layer=start_layer_for(m, start_layer)) for m in methods]
         pages = [display.text_html(e) for e in exps]
-        files = [path for e in exps for path in display.download_files(e, text[:40])]
+        files = [path for e in exps for path in display.download_files(e, text[:40], self.outputs.fresh())]
         return (prediction, *pair(pages), display.score_table(exps), files)
 
     # --- image classification --------------------------------------------------------------------------
@@ -163,7 +167,7 @@ class Handlers:
         results = [self.shown(e, truth, e.label) for e in exps]
         header = f"Ground truth: {truth.what}, outlined." if truth else ""
         report = "\n\n".join(filter(None, [header] + [r.report for r in results]))
-        raw = display.png_file(display.raw_map_image(exps[0]), f"raw-map-{exps[0].method}")
+        raw = display.png_file(display.raw_map_image(exps[0]), f"raw-map-{exps[0].method}", self.outputs.fresh())
         return (prediction, *pair([r.picture for r in results]), raw, report, [f for r in results for f in r.files])
 
     # --- image-text similarity ---------------------------------------------------------------------------
@@ -241,7 +245,7 @@ class Handlers:
         header = (f"### “{first.caption}”\n{'Given' if given else 'Generated'} caption, probability "
                   f"{first.probability:.3g}. Per token: {words}")
         state = {"tokens": tokens, "steps": steps, "exps": exps, "truths": truths}
-        files = [f for e in exps for f in display.download_files(e, first.caption)]
+        files = [f for e in exps for f in display.download_files(e, first.caption, self.outputs.fresh())]
         return (header, *pair(galleries), len(tokens) - 1, *self.caption_step_view(state, 0), files, state)
 
     def caption_step_view(self, state: dict | None, index: Any) -> tuple:
