@@ -189,18 +189,27 @@ def test_clip_marks_readout_token_and_shows_words(scene_clip):
         assert "[SEP]" in exp.to_html(level="tokens")
 
 
-def test_clip_text_tower_takes_its_own_start_layer(scene_clip):
+def test_clip_towers_take_their_own_start_layers(scene_clip):
+    """start_layer is the image tower's (4 layers), start_layer_text the text tower's (3 layers)."""
     scene = scenes(1, 12)[0]
     text = "a red circle left of a blue square"
-    both = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer_text=2)[0]
-    image_side = scene_clip.explain(image=scene.image, text=text, method="generic")[0]
-    text_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=2)[0]
+    both = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=3, start_layer_text=2)[0]
+    image_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=3)[0]
+    text_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer_text=2)[0]
+    from_zero = scene_clip.explain(image=scene.image, text=text, method="generic")[0]
     np.testing.assert_allclose(both.heatmap, image_side.heatmap, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(image_side.scores, from_zero.scores, rtol=1e-5, atol=1e-7)  # text from layer 0
     np.testing.assert_allclose(both.scores, text_side.scores, rtol=1e-5, atol=1e-7)
-    assert not np.allclose(both.scores, image_side.scores)
-    assert both.options == {"start_layer": 0, "keep_identity": False, "start_layer_text": 2}
+    np.testing.assert_allclose(text_side.heatmap, from_zero.heatmap, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(both.scores, from_zero.scores) and not np.allclose(both.heatmap, from_zero.heatmap)
+    assert both.options == {"start_layer": 3, "keep_identity": False, "start_layer_text": 2}
+    with pytest.raises(InputError, match=r"start_layer_text=3 is out of range for the text tower, which has 3 layers"):
+        scene_clip.explain(image=scene.image, text=text, method="generic", start_layer_text=3)
+    with pytest.raises(InputError, match=r"start_layer=4 is out of range for the image tower, which has 4 layers"):
+        scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=4)
     with pytest.raises(InputError, match="no start_layer option"):
         scene_clip.explain(image=scene.image, text=text, method="raw_attention", start_layer_text=1)
+    assert scene_clip.explain(image=scene.image, text=text, method="raw_attention")[0].options == {}
 
 
 def test_vilt_question_side_is_displayable():
@@ -287,3 +296,18 @@ def test_scene_model_on_a_photo_says_what_it_was_trained_on():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         explainer.explain(scenes(1, 15)[0].image, method="generic")
+
+
+def test_cli_start_layers_of_clip(tmp_path, capsys):
+    from toolkit.cli import main
+
+    scene = scenes(1, 16)[0]
+    scene.image.save(tmp_path / "scene.png")
+    common = ["explain", "--model", "clip", "--image", str(tmp_path / "scene.png"), "--text", "a red circle"]
+    assert main(common + ["--start-layer", "3", "--start-layer-text", "2", "--out", str(tmp_path / "a")]) == 0
+    saved = Explanation.load(tmp_path / "a" / "explanation_000.npz")
+    assert saved.options == {"start_layer": 3, "keep_identity": False, "start_layer_text": 2}
+    assert main(common + ["--start-layer-text", "5", "--out", str(tmp_path / "b")]) == 2
+    assert "start_layer_text=5 is out of range for the text tower" in capsys.readouterr().err
+    assert main(["explain", "--text", "fine", "--start-layer-text", "1", "--out", str(tmp_path / "c")]) == 2
+    assert "--start-layer-text is the text tower's start layer" in capsys.readouterr().err

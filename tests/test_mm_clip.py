@@ -82,7 +82,8 @@ def reference(model, processor, image, text, method, start_layer=0):
 def test_batched_pairs_match_per_pair_reference(clip, method, start):
     model, processor, image = clip
     before = hook_ids(model)
-    exps = Explainer(model, processor).explain(image=image, text=TEXTS, method=method, start_layer=start)
+    exps = Explainer(model, processor).explain(image=image, text=TEXTS, method=method, start_layer=start,
+                                               **({"start_layer_text": start} if start else {}))
     assert hook_ids(model) == before
     assert [e.text for e in exps] == TEXTS
     for exp, text in zip(exps, TEXTS):

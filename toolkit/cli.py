@@ -125,6 +125,9 @@ def _check_classifier_inputs(explainer: Explainer, args) -> None:
         if getattr(args, keyword):
             raise ToolkitError(f"--{keyword} is for {models}; {explainer.name} is a "
                                f"{explainer.adapter.modality} classifier.")
+    if args.start_layer_text is not None:
+        raise ToolkitError("--start-layer-text is the text tower's start layer of an image-text model such as "
+                           f"--model clip; {explainer.name} has one stack: use --start-layer.")
     if args.text and args.image:
         raise ToolkitError(f"{explainer.name} is a {explainer.adapter.modality} classifier: give --text or --image, "
                            "not both (--text with --image is for image-text models such as --model clip).")
@@ -157,7 +160,8 @@ def explain_image_text(explainer: Explainer, args) -> int:
     if keyword == "caption" and values is not None and len(values) == 1:
         values = values[0]  # one caption for every image
     results = explainer.explain(image=images, method=args.method, target=_parse_target(args.target),
-                                start_layer=args.start_layer, **({keyword: values} if values is not None else {}))
+                                start_layer=args.start_layer, **({keyword: values} if values is not None else {}),
+                                **({} if args.start_layer_text is None else {"start_layer_text": args.start_layer_text}))
     if keyword == "text":
         owners = [i for i, _ in pair_grid(images, values)]
     elif keyword == "question":
@@ -286,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="default: the model's own (transformer_attribution where LRP applies, else generic)")
     explain.add_argument("--target", help="class index or label name, or a VQA answer (default: the predicted one)")
     explain.add_argument("--labels", help="zero-shot labels: 'positive=I loved it;negative=I hated it'")
-    explain.add_argument("--start-layer", type=int, default=0)
+    explain.add_argument("--start-layer", type=int, default=0, help="first layer of the propagation (CLIP: of the "
+                                                                   "image tower; negative counts from the last)")
+    explain.add_argument("--start-layer-text", type=int, help="CLIP: first layer of the text tower (default 0)")
     explain.add_argument("--batch-size", type=int, default=16)
     explain.add_argument("--top", type=int, default=8, help="how many words to print")
     explain.add_argument("--random-weights", action="store_true",

@@ -183,7 +183,8 @@ class Handlers:
         methods = chosen_methods(method, compare)
         scene = self.scene_of(loaded, image)
         with loaded.session() as explainer:
-            runs = [explainer.explain(image=image, text=captions, method=m, start_layer=start_layer_for(m, start_layer))
+            runs = [explainer.explain(image=image, text=captions, method=m, start_layer=start_layer_for(m, start_layer),
+                                      start_layer_text=start_layer_for(m, start_layer))  # one start for both towers
                     for m in methods]
         truths = [caption_truth(scene, c) if scene is not None else None for c in captions]
         prediction = {exp.text: exp.probability for exp in runs[0]}

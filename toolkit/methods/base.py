@@ -52,14 +52,20 @@ class Method:
         chosen = {name: getattr(self, name) for name in self.extra_options}
         return {"start_layer": self.start_layer, **chosen} if self.takes_start_layer else chosen
 
-    def with_start_layer(self, start_layer: int) -> "Method":
-        """The same method and options, from another layer (CLIP's text tower has its own start)."""
-        return type(self)(start_layer, **{name: getattr(self, name) for name in self.extra_options})
+    def with_start_layer(self, start_layer: int, option: str, stack: str) -> "Method":
+        """The same method and options from another layer, for another stack of the model (CLIP's text tower
+        has its own start): ``option`` and ``stack`` name them in messages."""
+        method = type(self)(start_layer, **{name: getattr(self, name) for name in self.extra_options})
+        method.start_option, method.stack = option, stack
+        return method
+
+    start_option, stack = "start_layer", "the model"
 
     def resolved_start(self, num_layers: int) -> int:
         start = self.start_layer + num_layers if self.start_layer < 0 else self.start_layer
         if not 0 <= start < num_layers:
-            raise InputError(f"start_layer={self.start_layer} is out of range for a model with {num_layers} layers.")
+            raise InputError(f"{self.start_option}={self.start_layer} is out of range for {self.stack}, which has "
+                             f"{num_layers} layers (0..{num_layers - 1}, or negative from the last).")
         return start
 
     def lowest_lrp_layer(self, num_layers: int) -> int:

@@ -69,12 +69,13 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
     return explanations
 
 
-def text_side_method(method: Method, start_layer_text: int | None) -> tuple[Method, dict]:
-    """The method for the text tower (its own ``start_layer_text``, as the reference code's) and the options
-    to report."""
-    if start_layer_text is None:
-        return method, method.options()
-    text_method = method.with_start_layer(start_layer_text)
+def text_side_method(method: Method, start_layer_text: int) -> tuple[Method, dict]:
+    """The method for the text tower, which starts at its own ``start_layer_text`` (``start_layer`` is the
+    image tower's, as in the reference code), and the options to report."""
+    method.start_option, method.stack = "start_layer", "the image tower"
+    text_method = method.with_start_layer(start_layer_text, "start_layer_text", "the text tower")
+    if not method.takes_start_layer:
+        return text_method, method.options()
     return text_method, {**method.options(), "start_layer_text": start_layer_text}
 
 
@@ -141,9 +142,9 @@ class HFCLIPAdapter(MultimodalAdapter):
         return (input_ids.to(torch.int) == eos).int().argmax(dim=-1)
 
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
-                start_layer_text: int | None = None, **unknown) -> list:
-        """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower
-        (the same as the image's unless given). A text longer than the text tower's positions is cut to them,
+                start_layer_text: int = 0, **unknown) -> list:
+        """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower, as
+        in the reference code (the towers differ in depth). A text longer than the text tower's positions is cut to them,
         its end-of-text token kept (the tower reads there), with a warning naming the words left out; the
         explanation's ``text`` is the part read."""
         reject_unknown(self.family, "image=, text= and start_layer_text=", unknown)

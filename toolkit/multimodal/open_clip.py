@@ -146,7 +146,7 @@ class OpenCLIPAdapter(MultimodalAdapter):
         return captured
 
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
-                start_layer_text: int | None = None, **unknown) -> list:
+                start_layer_text: int = 0, **unknown) -> list:
         """``start_layer`` (in ``method``) applies to the image tower, ``start_layer_text`` to the text tower.
         Texts are tokenized to the model's context length; a longer text is cut, keeping its end-of-text token
         (the tower reads there), with a warning naming the words left out; the explanation's ``text`` is the
