@@ -318,3 +318,52 @@ def attention_settings(model: nn.Module) -> list[tuple[str, Any]]:
         if isinstance(getattr(module, "fused_attn", None), bool):
             out.append((name, module.fused_attn))
     return out
+
+
+# --- more tiny models of the built-in families (the numbers test records every family) ----------------
+def make_zero_shot(tokenizer) -> nn.Module:
+    """toolkit.zero_shot's wrapper around a tiny random BERT encoder (mean-pooled read-out)."""
+    from transformers import BertConfig, BertModel
+
+    from toolkit.zero_shot import ZeroShotTextClassifier
+
+    torch.manual_seed(9)
+    encoder = BertModel(BertConfig(num_hidden_layers=2, **{k: v for k, v in _text_config_kwargs(tokenizer.vocab_size)
+                                                           .items() if k != "num_labels"}), add_pooling_layer=False)
+    labels = {"good": "a good film", "bad": "a bad film", "dull": "a boring film"}
+    return ZeroShotTextClassifier(encoder, tokenizer, labels, temperature=0.5).eval()
+
+
+def make_hf_deit_distilled() -> nn.Module:
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    torch.manual_seed(10)
+    config = DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, initializer_range=0.3, num_labels=4)
+    return DeiTForImageClassificationWithTeacher(config).eval()
+
+
+def _timm_tiny(name: str, seed: int, **kwargs) -> nn.Module:
+    """A tiny timm model with large random weights (norm weights near 1), as make_timm_vit."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5, embed_dim=32,
+                              num_heads=4, mlp_ratio=1.5, **kwargs)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "norm" in param_name and param_name.endswith("weight"):
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def make_timm_deit_distilled() -> nn.Module:
+    return _timm_tiny("deit_tiny_distilled_patch16_224", 11)
+
+
+def make_timm_vit_registers() -> nn.Module:
+    """Two register tokens, layer scale, position embeddings on the patches only (DeiT-III / DINOv2 style)."""
+    return _timm_tiny("vit_tiny_patch16_224", 12, reg_tokens=2, init_values=0.5, no_embed_class=True)
