@@ -104,8 +104,3 @@ class DeclaredAdapter(ModelAdapter):
 
     def build_spec(self) -> ModelSpec:
         return self.layout.spec()
-
-    def run(self, *args: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        """The model's logits: its ``logits`` output field, or its output itself (timm, plain modules)."""
-        output = self.model(*args, **inputs, **self.layout.forward_kwargs())
-        return getattr(output, "logits", output)

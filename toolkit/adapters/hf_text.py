@@ -11,6 +11,7 @@ import torch
 
 from ..core.capture import Recorder
 from ..errors import InputError
+from ..families.declaration import logits_of
 from ..text import encoded_words, group_words, read_texts, special_token_mask
 from .base import Batch, DeclaredAdapter
 
@@ -91,7 +92,7 @@ class TextClassifierAdapter(DeclaredAdapter):
         return Batch(model_inputs, token_mask.to(self.device), content.to(self.device), samples)
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        return self.run(**batch.model_inputs)
+        return logits_of(self.layout.forward(**batch.model_inputs))
 
     def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Relevance of each token: the relevance of its embedding vector, summed over features."""

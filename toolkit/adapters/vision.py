@@ -3,7 +3,6 @@ declares): reading pictures, the patch grid, and pixel relevance through the pat
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from ..core import lrp
 from ..core.capture import Recorder
 from ..errors import InputError, warn
 from ..families import Family, quirks
+from ..families.declaration import logits_of
 from ..images import original_geometry, to_rgb
 from .base import Batch, DeclaredAdapter
 
@@ -57,10 +57,7 @@ class ImageClassifierAdapter(DeclaredAdapter):
         return super().labels if named is None else named
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        pixels = batch.model_inputs["pixel_values"]
-        if "pixel_values" in inspect.signature(self.model.forward).parameters:
-            return self.run(pixel_values=pixels)
-        return self.run(pixels)
+        return logits_of(self.layout.forward_pixels(batch.model_inputs["pixel_values"]))
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -436,5 +437,31 @@ class Layout:
                              "the pixels", expand(path, self.base))
         return conv
 
-    def forward_kwargs(self) -> dict:
-        return dict(self.family.get("forward_kwargs", {}))
+    def query_key(self) -> list[tuple[nn.Module, dict[str, nn.Linear]]] | None:
+        """Per layer, the attention capture module and its projections ({"fused": qkv} or {"query": ..., "key":
+        ...}) for the neuron view; None when the entry declares neither."""
+        found = []
+        for (path, _, _), (attention, _, _, _) in zip(self.layers(), self.attention_modules()):
+            index = path.rsplit(".", 1)[-1]
+            qkv = self._linear("qkv", path, index)
+            query, key = self._linear("query", path, index), self._linear("key", path, index)
+            if qkv is None and (query is None or key is None):
+                return None
+            found.append((attention, {"fused": qkv} if qkv is not None else {"query": query, "key": key}))
+        return found
+
+    def forward(self, *args: Any, **inputs: Any) -> Any:
+        """The model's output, with the entry's forward_kwargs."""
+        return self.model(*args, **inputs, **dict(self.family.get("forward_kwargs", {})))
+
+    def forward_pixels(self, pixels: torch.Tensor) -> Any:
+        """Images through the model: as ``pixel_values=`` when its forward takes that name (Hugging Face), else
+        as its first argument (timm, plain modules)."""
+        if "pixel_values" in inspect.signature(self.model.forward).parameters:
+            return self.forward(pixel_values=pixels)
+        return self.forward(pixels)
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """A classifier's logits: its output's ``logits`` field, or the output itself (timm, plain modules)."""
+    return getattr(output, "logits", output)
