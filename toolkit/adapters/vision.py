@@ -27,13 +27,15 @@ class ImageClassifierAdapter(DeclaredAdapter):
     def __init__(self, model: nn.Module, processor: Any, declaration: Family):
         self.images = quirks.SOURCES[declaration.get("source", "hf")](model)
         super().__init__(model, processor, declaration)
+        self._patch_conv = self.layout.patch_embedding()
+        self._prefix_tokens = self.layout.prefix_tokens()
 
     def patch_conv(self) -> nn.Conv2d:
-        return self.layout.patch_embedding()
+        return self._patch_conv
 
     def prefix_tokens(self) -> torch.Tensor:
         """Learned tokens placed before the patches (class, distillation, register), shaped (1, P, D)."""
-        return self.layout.prefix_tokens()
+        return self._prefix_tokens
 
     def preprocess(self, images: list) -> torch.Tensor:
         if self.processor is None:

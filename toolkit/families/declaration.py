@@ -113,7 +113,7 @@ class Family:
         return f"Family {self.name!r} ({self.origin})"
 
     def error(self, problem: str) -> FamilyError:
-        return FamilyError(f"{self.label}: {problem}")
+        return FamilyError(f"{self.label}: {problem}" + ("" if problem.endswith((".", "?")) else "."))
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.entry.get(key, default)
@@ -238,23 +238,26 @@ class Layout:
             named = [name for name, _ in self.model.named_modules() if name]
             named += [name for name, _ in self.model.named_parameters()]
             named += [name for name, _ in self.model.named_buffers()]
-            self._names = list(dict.fromkeys(named))
+            # a Linear's own weight and bias are never a declared part: leave them out of suggestions
+            self._names = [name for name in dict.fromkeys(named) if name.rpartition(".")[2] not in ("weight", "bias")]
         return self._names
 
     def nearby(self, path: str) -> str:
-        """' Paths nearby: ...' : close spellings of ``path`` and the children of its deepest existing parent."""
+        """' Paths nearby: ...' : close spellings of ``path`` and the children of its deepest existing parent (its
+        siblings when it exists)."""
         names = self.names()
-        parent = path
+        parent = path.rpartition(".")[0]
         while parent and parent not in names:
             parent = parent.rpartition(".")[0]
         prefix = parent + "." if parent else ""
         children = [name for name in names if name.startswith(prefix) and "." not in name[len(prefix):]]
-        close = difflib.get_close_matches(path, names, n=6, cutoff=0.6)
+        close = difflib.get_close_matches(path, names, n=4, cutoff=0.6)
         shown = list(dict.fromkeys(close + children))[:12]
         return f" Paths nearby: {', '.join(shown)}." if shown else ""
 
     def error(self, problem: str, path: str | None = None) -> FamilyError:
-        return self.family.error(problem + ("" if path is None else self.nearby(path)))
+        """An error naming the entry; with ``path``, the module paths that exist near it."""
+        return self.family.error(problem if path is None else problem.rstrip(".") + "." + self.nearby(path))
 
     def full_path(self, path: str, layer_path: str = "", index: str | None = None) -> str:
         if "*" in path:
@@ -306,8 +309,10 @@ class Layout:
             if hit:
                 found.append((tuple(int(group) for group in hit.groups()), name, module))
         if not found:
-            raise self.error(f"layers {self.family.entry['layers']!r} matches no module of "
-                             f"{type(self.model).__name__} (looked for {pattern!r})", pattern.replace("*", "0"))
+            declared = self.family.entry["layers"]
+            looked = f" (looked for {pattern!r})" if pattern != declared else ""
+            raise self.error(f"layers {declared!r} matches no module of {type(self.model).__name__}{looked}",
+                             pattern.replace("*", "0"))
         found.sort(key=lambda item: item[0])
         order = self.family.get("layer_order")
         if order:
