@@ -475,3 +475,19 @@ def test_neuron_view_of_a_layout_with_a_list_per_part(new_cases, wordpiece):
     (stack,) = payload["stacks"]
     assert stack["layers"] == 2 and stack["heads"] == 4
 
+
+def test_the_pinned_ranges_hold_the_tested_libraries():
+    """pyproject.toml pins transformers, timm and open_clip to the major versions the declarations are tested with."""
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    pins = {Requirement(line).name: Requirement(line).specifier for line in project["dependencies"]}
+    for name in ("transformers", "timm", "open_clip_torch"):
+        assert pins[name], f"{name} is not pinned"
+        assert pins[name].contains(version(name)), f"{name} {version(name)} is outside {pins[name]}"
+        major = int(version(name).split(".")[0])
+        assert not pins[name].contains(f"{major + 1}.0"), f"{name}: the next major version is not excluded"
