@@ -15,7 +15,7 @@ import yaml
 
 import references
 import toolkit
-from conftest import TEXTS, Case, in_dtype, make_pixels, randomised
+from conftest import TEXTS, Case, attention_settings, global_hook_counts, hook_counts, in_dtype, make_pixels, randomised
 from references import (DTYPE, REFERENCES, Layer, Structure, _in_dtype, _lin, assert_scores, other_target,
                         ref_partial_lrp, ref_transformer_attribution, reference_lrp)
 from toolkit import ConfigError, Explainer, UnsupportedModelError
@@ -235,6 +235,11 @@ def new_cases_float64(wordpiece, family_file) -> dict[str, Case]:
     return build(wordpiece, family_file, torch.float64)
 
 
+def assert_no_hooks(model: nn.Module) -> None:
+    assert not {name: counts for name, counts in hook_counts(model).items() if any(counts)}
+    assert global_hook_counts() == (0, 0, 0, 0)
+
+
 def explain_all(case: Case, method: str, targets) -> list:
     inputs = case.inputs if case.modality == "image" else list(case.inputs)
     with warnings.catch_warnings():  # zero maps for a target are part of what is compared
@@ -253,7 +258,11 @@ def mixed_targets(case: Case) -> list:
 def test_attention_methods_match_references(new_cases, name, method):
     case = new_cases[name]
     targets = mixed_targets(case)
-    for i, exp in enumerate(explain_all(case, method, targets)):
+    settings = attention_settings(case.model)  # SDPA for BEiT and ModernBERT, fused for EVA: switched, then restored
+    explanations = explain_all(case, method, targets)
+    assert attention_settings(case.model) == settings
+    assert_no_hooks(case.model)
+    for i, exp in enumerate(explanations):
         p = case.run(i)
         assert exp.target == p.target(targets[i])
         assert exp.probability == pytest.approx(float(p.logits.detach().softmax(-1)[exp.target]), rel=1e-4)
@@ -423,6 +432,7 @@ def test_a_capture_point_that_is_never_called_is_named(new_cases):
     assert ("layer 0's attention probabilities are captured at 'trunk.0.mixer.dropout', which the forward pass never "
             "called") in message
     assert "trunk.0.mixer.weights_tap" in message
+    assert_no_hooks(case.model)
     with pytest.raises(FamilyError, match=r"capture point 'trunk.0.mixer.merge' gave a tensor shaped \(3, 18, 32\); "
                                           r"expected attention probabilities \(batch, heads, 18, 18\)"):
         Explainer(case.model, family=_with(probs={"module": "mixer.merge"})).explain(case.inputs, method="rollout")
@@ -447,6 +457,7 @@ def test_malformed_entries_are_config_errors(new_cases, tmp_path):
     with pytest.raises(FamilyError, match=r"'trunk.0.mixer' returned Tensor, with no attention probabilities at "
                                           r"output\[1\].*forward_kwargs: \{output_attentions: true\}"):
         Explainer(model, family=_with(probs={"module": "mixer", "output": 1})).explain(torch.zeros(1, 3, 32, 32))
+    assert_no_hooks(model)  # the error was raised inside a forward hook
 
 
 # --- the attention views read the same declarations -----------------------------------------------------------------------
