@@ -10,6 +10,7 @@ hook on ``attn_drop``), so the model under test never carries any hook of ours o
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -102,19 +103,7 @@ def make_hf_vit() -> nn.Module:
 
 
 def make_timm_vit() -> nn.Module:
-    import timm
-
-    torch.manual_seed(6)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                              num_classes=5, embed_dim=32, num_heads=4, mlp_ratio=1.5)
-    generator = torch.Generator().manual_seed(6)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-    return model.eval()
+    return _timm_tiny("vit_tiny_patch16_224", 6)
 
 
 def make_pixels(count: int = 3, seed: int = 7) -> torch.Tensor:
@@ -131,12 +120,18 @@ class RefPass:
     graph_attentions: list[torch.Tensor]  # per layer (1, H, N, N): the stock model's own tensors in the graph
     hidden: list[torch.Tensor]           # per layer input and final output (N, D): hidden[l] feeds layer l
     content: torch.Tensor                # (N,) bool: tokens GradCAM averages over
+    readout: torch.Tensor                # (N,) weights of the rows the prediction reads (one-hot on [CLS], a mean)
     pixels: torch.Tensor | None = None   # (3, H, W) for images
 
     @property
     def attentions(self) -> list[torch.Tensor]:
         """Per layer (H, N, N), detached."""
         return [a[0].detach() for a in self.graph_attentions]
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the prediction reads several rows at once (mean pooling)."""
+        return int((self.readout != 0).sum()) > 1
 
     def target(self, target: int | None) -> int:
         return int(self.logits.argmax()) if target is None else int(target)
@@ -152,12 +147,18 @@ class Case:
     """A tiny model under test, the inputs to explain, and how to run one of them through the reference."""
 
     name: str
-    family: str                   # bert | distilbert | roberta | electra | albert | hf-vit | timm-vit
+    family: str                   # bert | distilbert | roberta | electra | albert | hf-vit | timm-vit | ...
     make: Callable[[], nn.Module]
     processor: Any
     inputs: Any                   # list of texts / (text, text) pairs, or a (B, 3, H, W) tensor
     modality: str
     dtype: torch.dtype = torch.float32  # of the model's parameters and of image inputs
+    readout: int | str = 0        # the read-out token's index, "mean" (real tokens) or "mean-content" (patches)
+    prefix: int = 1               # images: tokens before the patches
+    # Models without output_attentions (timm, plain modules): (layer modules, attention-probability modules) of the
+    # reference copy, hooked by the reference pass itself.
+    hooks: Callable[[nn.Module], tuple[list[nn.Module], list[nn.Module]]] | None = None
+    family_file: Any = None       # passed as Explainer(..., family=) for models no built-in family covers
     _model: nn.Module | None = field(default=None, repr=False)
     _reference: nn.Module | None = field(default=None, repr=False)
     _runs: dict = field(default_factory=dict, repr=False)
@@ -174,10 +175,10 @@ class Case:
         """An eager deep copy of the model, used only by reference computations."""
         if self._reference is None:
             ref = copy.deepcopy(self.model)
-            if self.family == "timm-vit":
-                for block in ref.blocks:
-                    block.attn.fused_attn = False
-            else:
+            for module in ref.modules():
+                if isinstance(getattr(module, "fused_attn", None), bool):
+                    module.fused_attn = False
+            if hasattr(ref, "set_attn_implementation"):
                 ref.set_attn_implementation("eager")
             self._reference = ref.eval()
         return self._reference
@@ -185,7 +186,7 @@ class Case:
     def explainer(self):
         from toolkit import Explainer
 
-        return Explainer(self.model, self.processor)
+        return Explainer(self.model, self.processor, family=self.family_file)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -198,9 +199,8 @@ class Case:
         item = self.inputs[i]
         first, second = item if isinstance(item, tuple) else (item, None)
         enc = dict(self.processor(first, second, return_tensors="pt"))
-        if self.family == "distilbert":
-            enc.pop("token_type_ids", None)
-        return enc
+        accepted = inspect.signature(self.model.forward).parameters
+        return {key: value for key, value in enc.items() if key in accepted}  # DistilBERT, MPNet: no token types
 
     def run(self, i: int) -> RefPass:
         """Sample ``i`` alone through the eager copy (cached: the graph is kept for gradients)."""
@@ -214,36 +214,46 @@ class Case:
         ids = enc["input_ids"][0]
         special = (ids == self.processor.cls_token_id) | (ids == self.processor.sep_token_id)
         return RefPass(logits=out.logits[0], graph_attentions=list(out.attentions),
-                       hidden=[h[0].detach() for h in out.hidden_states], content=~special)
+                       hidden=[h[0].detach() for h in out.hidden_states], content=~special,
+                       readout=self._readout(torch.ones_like(special), ~special))
+
+    def _readout(self, tokens: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        if self.readout in ("mean", "mean-content"):
+            rows = (tokens if self.readout == "mean" else content).double()
+            return rows / rows.sum()
+        weights = torch.zeros(tokens.shape[0], dtype=torch.float64)
+        weights[self.readout] = 1.0
+        return weights
 
     def _run_image(self, i: int) -> RefPass:
         pixels = self.inputs[i:i + 1]
         ref = self.reference
-        if self.family == "hf-vit":
+        if self.hooks is None:
             out = ref(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
             logits, attentions, hidden = out.logits, list(out.attentions), list(out.hidden_states)
-            prefix = 1
-        else:  # timm: capture the attention probabilities with our own hook on attn_drop
+        else:  # timm and plain modules: our own hooks on the layers and on the attention probabilities
+            layers, probability_modules = self.hooks(ref)
             attentions: list[torch.Tensor] = []
-            handles = [b.attn.attn_drop.register_forward_hook(lambda m, a, o: attentions.append(o))
-                       for b in ref.blocks]
+            hidden: list[torch.Tensor] = []
+            handles = [m.register_forward_hook(lambda m, a, o: attentions.append(o)) for m in probability_modules]
+            handles += [m.register_forward_pre_hook(lambda m, a: hidden.append(a[0])) for m in layers]
+            handles.append(layers[-1].register_forward_hook(lambda m, a, o: hidden.append(o)))
             try:
-                x = ref.norm_pre(ref.patch_drop(ref._pos_embed(ref.patch_embed(pixels))))
-                hidden = [x]
-                for block in ref.blocks:
-                    x = block(x)
-                    hidden.append(x)
-                logits = ref.forward_head(ref.norm(x))
+                logits = ref(pixels)
             finally:
                 for handle in handles:
                     handle.remove()
-            torch.testing.assert_close(logits, ref(pixels), rtol=1e-5, atol=1e-5)
-            prefix = ref.num_prefix_tokens
-        n = hidden[0].shape[1]
-        content = torch.ones(n, dtype=torch.bool)
-        content[:prefix] = False
+            logits = getattr(logits, "logits", logits)
+        content = torch.ones(hidden[0].shape[1], dtype=torch.bool)
+        content[:self.prefix] = False
         return RefPass(logits=logits[0], graph_attentions=list(attentions),
-                       hidden=[h[0].detach() for h in hidden], content=content, pixels=pixels[0])
+                       hidden=[h[0].detach() for h in hidden], content=content, pixels=pixels[0],
+                       readout=self._readout(torch.ones_like(content), content))
+
+
+def timm_hooks(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """timm's blocks, and the attention dropouts that receive the softmax output on the non-fused path."""
+    return list(model.blocks), [block.attn.attn_drop for block in model.blocks]
 
 
 def _image_processor():
@@ -262,8 +272,14 @@ def build_cases(tokenizer, dtype: torch.dtype = torch.float32) -> dict[str, Case
         "electra": Case("electra", "electra", lambda: make_electra(v), tokenizer, TEXTS[:3], "text"),
         "albert": Case("albert", "albert", lambda: make_albert(v), tokenizer, TEXTS, "text"),
         "hf_vit": Case("hf_vit", "hf-vit", make_hf_vit, _image_processor(), make_pixels(3, seed=7), "image"),
-        "timm_vit": Case("timm_vit", "timm-vit", make_timm_vit, None, make_pixels(3, seed=8), "image"),
+        "timm_vit": Case("timm_vit", "timm-vit", make_timm_vit, None, make_pixels(3, seed=8), "image",
+                         hooks=timm_hooks),
     }
+    return in_dtype(cases, dtype)
+
+
+def in_dtype(cases: dict[str, Case], dtype: torch.dtype) -> dict[str, Case]:
+    """The cases with models and image inputs of ``dtype``."""
     for case in cases.values():
         case.dtype = dtype
         if case.modality == "image":
@@ -318,3 +334,56 @@ def attention_settings(model: nn.Module) -> list[tuple[str, Any]]:
         if isinstance(getattr(module, "fused_attn", None), bool):
             out.append((name, module.fused_attn))
     return out
+
+
+# --- more tiny models of the built-in families (the numbers test records every family) ----------------
+def make_zero_shot(tokenizer) -> nn.Module:
+    """toolkit.zero_shot's wrapper around a tiny random BERT encoder (mean-pooled read-out)."""
+    from transformers import BertConfig, BertModel
+
+    from toolkit.zero_shot import ZeroShotTextClassifier
+
+    torch.manual_seed(9)
+    encoder = BertModel(BertConfig(num_hidden_layers=2, **{k: v for k, v in _text_config_kwargs(tokenizer.vocab_size)
+                                                           .items() if k != "num_labels"}), add_pooling_layer=False)
+    labels = {"good": "a good film", "bad": "a bad film", "dull": "a boring film"}
+    return ZeroShotTextClassifier(encoder, tokenizer, labels, temperature=0.5).eval()
+
+
+def make_hf_deit_distilled() -> nn.Module:
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    torch.manual_seed(10)
+    config = DeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, initializer_range=0.3, num_labels=4)
+    return DeiTForImageClassificationWithTeacher(config).eval()
+
+
+def _timm_tiny(name: str, seed: int, **kwargs) -> nn.Module:
+    """A tiny timm model with large random weights."""
+    import timm
+
+    torch.manual_seed(seed)
+    return randomised(timm.create_model(name, pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5,
+                                        embed_dim=32, num_heads=4, mlp_ratio=1.5, **kwargs), seed)
+
+
+def randomised(model: nn.Module, seed: int) -> nn.Module:
+    """Large random weights (norm weights near 1): timm's initialisation leaves tiny models with vanishing relevance."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def make_timm_deit_distilled() -> nn.Module:
+    return _timm_tiny("deit_tiny_distilled_patch16_224", 11)
+
+
+def make_timm_vit_registers() -> nn.Module:
+    """Two register tokens, layer scale, position embeddings on the patches only (DeiT-III / DINOv2 style)."""
+    return _timm_tiny("vit_tiny_patch16_224", 12, reg_tokens=2, init_values=0.5, no_embed_class=True)

@@ -1,8 +1,8 @@
 """Attention-based methods against plain per-sample references, and the library's batching and hook hygiene.
 
-References here read the equations directly (full N x N products, one sample, no padding, the stock
-eager model's own attention tensors and their autograd gradients); the LRP-based methods are checked
-in test_lrp_reference.py. Also: padding/batching invariance for all seven methods, hooks released and
+The references (tests/references.py) read the equations directly (full N x N products, one sample, no
+padding, the stock eager model's own attention tensors and their autograd gradients); the LRP-based
+methods are checked in test_lrp_reference.py. Also: padding/batching invariance for all seven methods, hooks released and
 the attention implementation restored (also when explain raises), and fused (SDPA) == eager.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import toolkit
-from conftest import CASE_NAMES, PAIRS as PAIR_TEXTS, RefPass, attention_settings, global_hook_counts, hook_counts
+from conftest import CASE_NAMES, PAIRS as PAIR_TEXTS, attention_settings, global_hook_counts, hook_counts
+from references import REFERENCES, assert_scores, other_target
 from toolkit import InputError, list_methods
 
 ALL_METHODS = ["raw_attention", "rollout", "attention_gradcam", "generic", "transformer_attribution", "lrp",
@@ -23,57 +24,6 @@ ATTENTION_METHODS = ["raw_attention", "rollout", "attention_gradcam", "generic"]
 # Full LRP to the input runs ~20 stabilised divisions in float32: the same text batched twice (no padding)
 # already differs by ~2e-5 of the map's maximum, so its absolute floor is 1e-4 of the maximum.
 ATOL_REL = {"lrp": 1e-4}
-
-
-def assert_scores(actual, expected, what: str = "", rtol: float = 1e-4, atol_rel: float = 1e-5) -> None:
-    """Relative comparison; the absolute floor scales with the reference's magnitude."""
-    actual = torch.as_tensor(np.asarray(actual), dtype=torch.float64)
-    expected = torch.as_tensor(expected, dtype=torch.float64)
-    atol = atol_rel * max(float(expected.abs().max()), 1e-6)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}\n{m}")
-
-
-# --- references (the papers' equations, one sample) -----------------------------------------------
-def ref_raw_attention(p: RefPass, target, start: int) -> torch.Tensor:
-    return p.attentions[-1].detach().mean(dim=0)[0]
-
-
-def ref_rollout(p: RefPass, target, start: int) -> torch.Tensor:
-    """Abnar & Zuidema: P = Â_L ... Â_s with Â = (mean_h A + I), rows normalised; row 0 of the full product."""
-    n = p.attentions[0].shape[-1]
-    eye = torch.eye(n, dtype=torch.float64)
-    product = eye.clone()
-    for a in p.attentions[start:]:
-        layer = a.detach().double().mean(dim=0) + eye
-        layer = layer / layer.sum(dim=-1, keepdim=True)
-        product = layer @ product
-    return product[0]
-
-
-def ref_attention_gradcam(p: RefPass, target, start: int) -> torch.Tensor:
-    grad, attn = p.attention_grads(target)[-1].double(), p.attentions[-1].detach().double()
-    weights = grad[:, 0, p.content].mean(dim=-1)              # one weight per head
-    return (weights[:, None] * attn[:, 0, :]).mean(dim=0).clamp(min=0)
-
-
-def ref_generic(p: RefPass, target, start: int) -> torch.Tensor:
-    """Chefer et al. ICCV 2021: R = I; R <- R + mean_h (grad A * A)+ R, forward order; row 0 (full N x N)."""
-    grads = p.attention_grads(target)
-    n = p.attentions[0].shape[-1]
-    relevance = torch.eye(n, dtype=torch.float64)
-    for grad, attn in list(zip(grads, p.attentions))[start:]:
-        layer = (grad.double() * attn.detach().double()).clamp(min=0).mean(dim=0)
-        relevance = relevance + layer @ relevance
-    return relevance[0]
-
-
-REFERENCES = {"raw_attention": ref_raw_attention, "rollout": ref_rollout,
-              "attention_gradcam": ref_attention_gradcam, "generic": ref_generic}
-
-
-def other_target(p: RefPass) -> int:
-    """A class that is not the predicted one."""
-    return (int(p.logits.argmax()) + 1) % p.logits.shape[0]
 
 
 def explain_all(case, method: str, targets, start_layer: int = 0):

@@ -27,6 +27,8 @@ from transformers import (
     BartModel,
     BertConfig,
     BertModel,
+    DebertaV2Config,
+    DebertaV2Model,
     DistilBertConfig,
     DistilBertModel,
     GPT2Config,
@@ -335,10 +337,26 @@ def test_models_that_cannot_be_shown_are_refused(tokenizer):
 
     with pytest.raises(UnsupportedModelError, match="no attention weights"):
         head_view(NoAttention(), tokenizer, TEXT_A)
-    distilbert = DistilBertModel(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=4, hidden_dim=64))
-    head_view(distilbert, tokenizer, TEXT_A)  # any model with output_attentions gets head and model views
-    with pytest.raises(UnsupportedModelError, match="neuron view"):
-        neuron_view(distilbert, tokenizer, TEXT_A)
+    deberta = DebertaV2Model(DebertaV2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=4, intermediate_size=64))
+    head_view(deberta, tokenizer, TEXT_A)  # any model with output_attentions gets head and model views
+    with pytest.raises(UnsupportedModelError, match="neuron view knows .* not for model type 'deberta-v2'"):
+        neuron_view(deberta, tokenizer, TEXT_A)
+
+
+def test_neuron_view_reads_the_family_declarations(tokenizer):
+    """Every declared text family shows its queries and keys (here DistilBERT's q_lin / k_lin, which no table of the
+    views names): the view checks that they reproduce the model's own attention, and they are its projections'."""
+    distilbert = DistilBertModel(DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4,
+                                                  hidden_dim=64)).eval()
+    payload = page_payload(neuron_view(distilbert, tokenizer, TEXT_A))
+    (stack,) = payload["stacks"]
+    ids = tokenizer(TEXT_A, return_tensors="pt")["input_ids"]
+    with explicit_attention(distilbert), torch.no_grad():
+        hidden = distilbert(ids, output_hidden_states=True).hidden_states
+        query = distilbert.transformer.layer[1].attention.q_lin(hidden[1])[0].reshape(ids.shape[1], 4, 8).transpose(0, 1)
+    queries = b64(stack["queries"], "f4").reshape(2, 4, ids.shape[1], 8)
+    np.testing.assert_allclose(queries[1], query.numpy(), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- HTML and static exports

@@ -4,14 +4,15 @@ Hugging Face and timm models, batched and faithful to the papers' equations."""
 __version__ = "0.1.0"
 
 from .adapters import register_adapter, supported_families
-from .errors import (ConfigError, InputError, ModelLoadError, ToolkitError, ToolkitWarning, UnknownMethodError,
-                     UnsupportedModelError)
+from .errors import (ConfigError, FamilyError, InputError, ModelLoadError, ToolkitError, ToolkitWarning,
+                     UnknownMethodError, UnsupportedModelError)
 from .explainer import Explainer
 from .explanation import Explanation
+from .families import register_family
 from .methods import get_method, list_methods
 
 __all__ = [
-    "ConfigError", "Explainer", "Explanation", "InputError", "ModelLoadError", "ToolkitError", "ToolkitWarning",
+    "ConfigError", "Explainer", "Explanation", "FamilyError", "InputError", "ModelLoadError", "ToolkitError", "ToolkitWarning",
     "UnknownMethodError", "UnsupportedModelError", "get_method", "list_methods", "register_adapter",
-    "supported_families",
+    "register_family", "supported_families",
 ]

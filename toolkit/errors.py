@@ -34,7 +34,13 @@ class ModelLoadError(ToolkitError, OSError):
 
 
 class ConfigError(ToolkitError, ValueError):
-    """A batch-run configuration is malformed."""
+    """A batch-run configuration or a model-family declaration is malformed."""
+
+
+class FamilyError(ConfigError, UnsupportedModelError):
+    """A family declaration (a YAML entry) does not fit the model: a path that matches nothing, a head that does
+    not give the logits, a capture point the forward pass never calls. The message names the entry, what it
+    expected and the module paths that do exist nearby."""
 
 
 class ToolkitWarning(UserWarning):

@@ -13,7 +13,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import loading
-from .adapters import Batch, ModelAdapter, adapter_for
+from .adapters import Batch, FamilySource, ModelAdapter, adapter_for
 from .core.capture import Recorder
 from .core.explicit_attention import explicit_attention
 from .core.lrp import working
@@ -31,19 +31,25 @@ DEFAULT_PREFERENCE = ("transformer_attribution", "generic")  # the first that ap
 
 
 class Explainer:
-    """Explains a stock transformer through hooks: ``Explainer(model, processor).explain(inputs)``."""
+    """Explains a stock transformer through hooks: ``Explainer(model, processor).explain(inputs)``.
+
+    ``family``: a YAML file or dict declaring the model's layout (see the README: "A model the toolkit does not
+    know"), for a classifier no built-in family covers.
+    """
 
     def __init__(self, model: nn.Module, processor: Any = None, *, adapter: ModelAdapter | None = None,
-                 name: str | None = None):
+                 name: str | None = None, family: FamilySource | None = None):
         self.model = model  # put in eval mode for each call only: the caller's train/eval modes are restored
-        self.adapter = adapter or adapter_for(model, processor)
+        self.adapter = adapter or adapter_for(model, processor, family)
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self.adapter.name = self.name
 
     @classmethod
-    def from_pretrained(cls, name: str, source: str = "auto", **kwargs: Any) -> "Explainer":
+    def from_pretrained(cls, name: str, source: str = "auto", *, family: FamilySource | None = None,
+                        **kwargs: Any) -> "Explainer":
         """Load ``name`` from the Hugging Face Hub or a local folder (``source="hf"``), timm (``"timm"``)
-        or open_clip (``"open_clip"``, with ``pretrained=`` a tag, a local checkpoint file or None).
+        or open_clip (``"open_clip"``, with ``pretrained=`` a tag, a local checkpoint file or None);
+        ``family`` as in the constructor.
 
         Extra keyword arguments go to the loader (``from_pretrained`` / ``timm.create_model`` /
         ``open_clip.create_model_and_transforms``).
@@ -57,7 +63,7 @@ class Explainer:
             model, processor = loading.load_open_clip(name, **kwargs)
         else:
             raise InputError(f"Unknown source {source!r}; use 'hf', 'timm' or 'open_clip' (or 'auto').")
-        return cls(model, processor, name=name)
+        return cls(model, processor, name=name, family=family)
 
     @property
     def labels(self) -> dict[int, str]:
@@ -188,14 +194,16 @@ class Explainer:
                 rec.start_graph_at(spec.layers[0].block)
             with torch.set_grad_enabled(method.needs_gradients):  # also under a caller's no_grad()
                 logits = self.adapter.logits(batch)
-                calls = [rec.attention_call(layer.attention, layer.call) for layer in spec.layers]
+                calls = spec.attention_calls(rec, batch.token_mask.shape[1])
                 target_ids = self._resolve_targets(targets, logits, first_index)
-                trace = Trace(probs=[c.probs for c in calls], readout=spec.readout_weights(batch.token_mask),
+                trace = Trace(probs=[c.probs for c in calls],
+                              readout=spec.readout_weights(batch.token_mask, batch.content_mask),
                               token_mask=batch.token_mask, content_mask=batch.content_mask)
                 if method.needs_gradients:
                     objective = logits.gather(1, target_ids[:, None]).sum()
                     trace.grads = list(torch.autograd.grad(objective, [c.live for c in calls]))
             if method.needs_lrp:
+                spec.check_head(rec, logits)
                 lowest = method.lowest_lrp_layer(len(spec.layers))
                 first, trace.attention_relevance = lrp_through_layers(
                     spec, rec, [working(p) for p in trace.probs], target_ids, batch.token_mask.shape[1], lowest)

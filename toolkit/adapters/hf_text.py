@@ -1,4 +1,5 @@
-"""Hugging Face sequence classifiers: BERT, RoBERTa, ELECTRA, DistilBERT and ALBERT families."""
+"""Text classifiers (Hugging Face sequence classifiers and any model a text family declares): tokenising,
+padding, and the relevance of each token."""
 from __future__ import annotations
 
 import inspect
@@ -7,30 +8,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..core.capture import Recorder
-from ..core.spec import LayerSpec, ModelSpec
-from ..errors import InputError, UnsupportedModelError
+from ..errors import InputError
+from ..families.declaration import logits_of
 from ..text import encoded_words, group_words, read_texts, special_token_mask
-from .base import Batch, ModelAdapter
+from .base import Batch, DeclaredAdapter
 
 
-def _second(output: Any) -> torch.Tensor | None:
-    return output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-
-
-class HFSequenceClassifierAdapter(ModelAdapter):
-    """Shared by every AutoModelForSequenceClassification family: tokenising, padding and read-out."""
+class TextClassifierAdapter(DeclaredAdapter):
+    """A text classifier: the tokenizer's ids in, one relevance per token out."""
 
     modality = "text"
-    model_types: tuple[str, ...] = ()
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        config = getattr(model, "config", None)
-        return (getattr(config, "model_type", None) in cls.model_types
-                and type(model).__name__.endswith("ForSequenceClassification"))
 
     @property
     def tokenizer(self):
@@ -52,7 +41,7 @@ class HFSequenceClassifierAdapter(ModelAdapter):
             return self._prepare_encoded(inputs)
         firsts, seconds = _split_pairs(inputs, text_pair, first_index)
         tok = self.tokenizer
-        limit = min(tok.model_max_length, getattr(self.model.config, "max_position_embeddings", 10**9))
+        limit = min(tok.model_max_length, getattr(getattr(self.model, "config", None), "max_position_embeddings", 10**9))
         read = read_texts(tok, firsts, seconds, limit=limit, first_index=first_index)
         fast = getattr(tok, "is_fast", False)
         enc = tok(firsts, seconds, padding=True, truncation=True, max_length=limit, return_tensors="pt",
@@ -103,7 +92,7 @@ class HFSequenceClassifierAdapter(ModelAdapter):
         return Batch(model_inputs, token_mask.to(self.device), content.to(self.device), samples)
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        return self.model(**batch.model_inputs).logits
+        return logits_of(self.layout.forward(**batch.model_inputs))
 
     def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Relevance of each token: the relevance of its embedding vector, summed over features."""
@@ -139,78 +128,3 @@ def _split_pairs(inputs: Any, text_pair: Any, first_index: int = 0) -> tuple[lis
     if any(has_pair) and not all(has_pair):
         raise InputError("Mix of single texts and sentence pairs in one batch: explain them in separate calls.")
     return firsts, (seconds if all(has_pair) else None)
-
-
-def _post_norm_layer(block, attention, query, key, value, out_proj, fc1, fc2, heads, call=0) -> LayerSpec:
-    return LayerSpec(block=block, attention=attention, extract_probs=_second, num_heads=heads,
-                     query=query, key=key, value=value, out_proj=out_proj, fc1=fc1, fc2=fc2,
-                     norm_first=False, call=call)
-
-
-def bert_layers(encoder_model: nn.Module) -> list[LayerSpec]:
-    """Layers of a BERT-layout encoder: encoder.layer[i].attention.self.{query,key,value}, ..."""
-    heads = encoder_model.config.num_attention_heads
-    return [
-        _post_norm_layer(layer, layer.attention.self, layer.attention.self.query, layer.attention.self.key,
-                         layer.attention.self.value, layer.attention.output.dense, layer.intermediate.dense,
-                         layer.output.dense, heads)
-        for layer in encoder_model.encoder.layer
-    ]
-
-
-class BertFamilyAdapter(HFSequenceClassifierAdapter):
-    """BERT layout: encoder.layer[i].attention.self.{query,key,value}, attention.output.dense, ..."""
-
-    family = "bert"
-    model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
-    examples = "BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA sequence classifiers"
-
-    def build_spec(self) -> ModelSpec:
-        base = self.model.base_model
-        layers = bert_layers(base)
-        classifier = self.model.classifier
-        if isinstance(classifier, nn.Linear):  # BERT: pooler (dense + tanh) then a linear classifier
-            if getattr(base, "pooler", None) is None:
-                raise UnsupportedModelError("This BERT classifier has no pooler; the toolkit expects BERT's head.")
-            head = [base.pooler.dense, classifier]
-        else:  # RoBERTa / ELECTRA classification heads: dense, activation, out_proj on the first token
-            head = [classifier.dense, classifier.out_proj]
-        return ModelSpec(layers=layers, head=head)
-
-
-class DistilBertAdapter(HFSequenceClassifierAdapter):
-    family = "distilbert"
-    model_types = ("distilbert",)
-    examples = "DistilBERT sequence classifiers"
-
-    def build_spec(self) -> ModelSpec:
-        heads = self.model.config.n_heads
-        layers = [
-            _post_norm_layer(layer, layer.attention, layer.attention.q_lin, layer.attention.k_lin,
-                             layer.attention.v_lin, layer.attention.out_lin, layer.ffn.lin1, layer.ffn.lin2, heads)
-            for layer in self.model.distilbert.transformer.layer
-        ]
-        return ModelSpec(layers=layers, head=[self.model.pre_classifier, self.model.classifier])
-
-
-class AlbertAdapter(HFSequenceClassifierAdapter):
-    """ALBERT shares layer weights: one module runs at several depths, so each depth reads its own call."""
-
-    family = "albert"
-    model_types = ("albert",)
-    examples = "ALBERT sequence classifiers"
-
-    def build_spec(self) -> ModelSpec:
-        config = self.model.config
-        groups = self.model.albert.encoder.albert_layer_groups
-        calls: dict[int, int] = {}
-        layers = []
-        for depth in range(config.num_hidden_layers):
-            group = groups[int(depth / (config.num_hidden_layers / config.num_hidden_groups))]
-            for layer in group.albert_layers:
-                call = calls.get(id(layer), 0)
-                calls[id(layer)] = call + 1
-                att = layer.attention
-                layers.append(_post_norm_layer(layer, att, att.query, att.key, att.value, att.dense, layer.ffn,
-                                               layer.ffn_output, config.num_attention_heads, call))
-        return ModelSpec(layers=layers, head=[self.model.albert.pooler, self.model.classifier])

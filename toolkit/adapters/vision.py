@@ -1,8 +1,8 @@
-"""Vision Transformers: the shared image handling, and the Hugging Face (ViT, DeiT) and timm families."""
+"""Image classifiers with a patch embedding (Vision Transformers of Hugging Face, timm, or any model an image family
+declares): reading pictures, the patch grid, and pixel relevance through the patch embedding."""
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import numpy as np
@@ -11,47 +11,56 @@ import torch.nn as nn
 
 from ..core import lrp
 from ..core.capture import Recorder
-from ..core.spec import LayerSpec, ModelSpec
 from ..errors import InputError, warn
+from ..families import Family, quirks
+from ..families.declaration import logits_of
 from ..images import original_geometry, to_rgb
-from .base import Batch, ModelAdapter
+from .base import Batch, DeclaredAdapter
 
 
-def _second(output: Any) -> torch.Tensor | None:
-    return output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-
-
-def _identity(output: torch.Tensor) -> torch.Tensor:
-    return output
-
-
-class VisionTransformerAdapter(ModelAdapter):
-    """Images in, a patch grid of relevance out; a subclass says where patches, prefix tokens and layers live."""
+class ImageClassifierAdapter(DeclaredAdapter):
+    """An image classifier with a patch embedding: images in, a patch grid of relevance out. Its family says where
+    the patch embedding and prefix tokens live; its source (Hugging Face, timm) how pictures are read."""
 
     modality = "image"
 
-    # --- what a family declares -------------------------------------------------------------
+    def __init__(self, model: nn.Module, processor: Any, declaration: Family):
+        self.images = quirks.SOURCES[declaration.get("source", "hf")](model)
+        super().__init__(model, processor, declaration)
+        self._patch_conv = self.layout.patch_embedding()
+        self._prefix_tokens = self.layout.prefix_tokens()
+
     def patch_conv(self) -> nn.Conv2d:
-        raise NotImplementedError
+        return self._patch_conv
 
     def prefix_tokens(self) -> torch.Tensor:
         """Learned tokens placed before the patches (class, distillation, register), shaped (1, P, D)."""
-        raise NotImplementedError
+        return self._prefix_tokens
 
     def preprocess(self, images: list) -> torch.Tensor:
-        raise NotImplementedError
+        if self.processor is None:
+            self.processor = self.images.default_processor()
+        if callable(getattr(self.processor, "preprocess", None)):  # Hugging Face image processors
+            return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return torch.stack([self.processor(image) for image in images])  # timm / torchvision transforms
 
     def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.images.normalisation(self.processor)
 
     def input_size(self) -> tuple[int, int] | None:
         """(height, width) of the pixel_values the model reads; None when it reads any size (or does not say)."""
-        return None
+        return self.images.input_size()
 
-    # --- shared -------------------------------------------------------------------------------
+    @functools.cached_property
+    def labels(self) -> dict[int, str]:
+        """Read once: timm's ImageNet descriptions take tens of milliseconds to load, and every explanation asks
+        for its label."""
+        named = self.images.labels()
+        return super().labels if named is None else named
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return logits_of(self.layout.forward_pixels(batch.model_inputs["pixel_values"]))
+
     @property
     def num_prefix_tokens(self) -> int:
         return self.prefix_tokens().shape[1]
@@ -113,9 +122,6 @@ class VisionTransformerAdapter(ModelAdapter):
         data = pixels.detach().float().cpu().numpy().transpose(0, 2, 3, 1) * std + mean
         return list(np.clip(data * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
-    def logits(self, batch: Batch) -> torch.Tensor:
-        return self.run(batch.model_inputs["pixel_values"])
-
     def input_modules(self) -> list[nn.Module]:
         return [self.patch_conv()]
 
@@ -147,148 +153,3 @@ def _working_conv(conv: nn.Conv2d) -> nn.Conv2d:
                      conv.dilation, conv.groups, bias=False).to(conv.weight.device)
     copy.weight.data = conv.weight.detach().to(dtype)
     return copy
-
-
-class HFViTAdapter(VisionTransformerAdapter):
-    """Hugging Face ViTForImageClassification and DeiT (with or without the distillation head)."""
-
-    family = "hf-vit"
-    examples = "Hugging Face ViT and DeiT image classifiers"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        config = getattr(model, "config", None)
-        return getattr(config, "model_type", None) in ("vit", "deit") and "ImageClassification" in type(model).__name__
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.model.base_model
-
-    def patch_conv(self) -> nn.Conv2d:
-        return self.backbone.embeddings.patch_embeddings.projection
-
-    def prefix_tokens(self) -> torch.Tensor:
-        emb = self.backbone.embeddings
-        tokens = [emb.cls_token] + ([emb.distillation_token] if hasattr(emb, "distillation_token") else [])
-        return torch.cat(tokens, dim=1)
-
-    def normalisation(self):
-        proc = self.processor
-        mean = getattr(proc, "image_mean", None) or [0.5, 0.5, 0.5]
-        std = getattr(proc, "image_std", None) or [0.5, 0.5, 0.5]
-        return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-
-    def preprocess(self, images: list) -> torch.Tensor:
-        if self.processor is None:
-            from transformers import ViTImageProcessor
-
-            size = self.model.config.image_size
-            warnings.warn(f"No image processor given: resizing to {size}x{size} and normalising with mean=std=0.5 "
-                          "(ViT's default). Pass the model's processor for exact preprocessing.", stacklevel=4)
-            self.processor = ViTImageProcessor(size={"height": size, "width": size})
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
-
-    def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-    def input_size(self) -> tuple[int, int]:
-        size = self.model.config.image_size
-        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-
-    def build_spec(self) -> ModelSpec:
-        heads = self.model.config.num_attention_heads
-        layers = [
-            LayerSpec(block=layer, attention=layer.attention, extract_probs=_second, num_heads=heads,
-                      query=layer.attention.q_proj, key=layer.attention.k_proj, value=layer.attention.v_proj,
-                      out_proj=layer.attention.o_proj, fc1=layer.mlp.fc1, fc2=layer.mlp.fc2, norm_first=True)
-            for layer in self.backbone.layers
-        ]
-        if hasattr(self.model, "classifier"):
-            return ModelSpec(layers=layers, head=[self.model.classifier])
-        return ModelSpec(layers=layers, head=[self.model.cls_classifier],
-                         lrp_blocker="the prediction averages two heads (class and distillation tokens)")
-
-
-class TimmViTAdapter(VisionTransformerAdapter):
-    """timm VisionTransformer (ViT, DeiT, DeiT-distilled) with the standard Block and Attention modules."""
-
-    family = "timm-vit"
-    examples = "timm ViT and DeiT (vit_*, deit_*)"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        try:
-            from timm.layers import Attention
-            from timm.models.vision_transformer import VisionTransformer
-        except ImportError:
-            return False
-        return isinstance(model, VisionTransformer) and all(isinstance(b.attn, Attention) for b in model.blocks)
-
-    @functools.cached_property
-    def labels(self) -> dict[int, str]:
-        """Class names from the model's pretrained config (``label_names``), else timm's ImageNet descriptions
-        when the classifier's size matches an ImageNet subset, else none. Read once: ImageNet's descriptions
-        take tens of milliseconds to load, and every explanation asks for its label."""
-        names = (getattr(self.model, "pretrained_cfg", None) or {}).get("label_names")
-        if names:
-            return {index: str(name) for index, name in enumerate(names)}
-        from timm.data import ImageNetInfo, infer_imagenet_subset
-
-        subset = infer_imagenet_subset(self.model)
-        if subset is None:
-            return {}
-        info = ImageNetInfo(subset)
-        return {index: info.index_to_description(index) for index in range(self.model.num_classes)}
-
-    def patch_conv(self) -> nn.Conv2d:
-        return self.model.patch_embed.proj
-
-    def prefix_tokens(self) -> torch.Tensor:
-        tokens = [t for t in (self.model.cls_token, getattr(self.model, "dist_token", None),
-                              getattr(self.model, "reg_token", None)) if t is not None]
-        if not tokens:
-            return self.model.pos_embed.new_zeros(1, 0, self.model.embed_dim)
-        return torch.cat(tokens, dim=1)
-
-    def _data_config(self) -> dict:
-        from timm.data import resolve_data_config
-
-        return resolve_data_config({}, model=self.model)
-
-    def normalisation(self):
-        cfg = self._data_config()
-        return np.asarray(cfg["mean"], dtype=np.float32), np.asarray(cfg["std"], dtype=np.float32)
-
-    def preprocess(self, images: list) -> torch.Tensor:
-        if self.processor is None:
-            from timm.data import create_transform
-
-            self.processor = create_transform(**self._data_config())
-        return torch.stack([self.processor(image) for image in images])
-
-    def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values)
-
-    def input_size(self) -> tuple[int, int] | None:
-        embed = self.model.patch_embed
-        fixed = embed.img_size is not None and getattr(embed, "strict_img_size", True)
-        return tuple(embed.img_size) if fixed and not getattr(self.model, "dynamic_img_size", False) else None
-
-    def build_spec(self) -> ModelSpec:
-        layers = []
-        for block in self.model.blocks:
-            attn = block.attn
-            blocker = None
-            if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)
-                    and isinstance(attn.norm, nn.Identity) and getattr(attn, "gate", None) is None):
-                blocker = "attention with QK-norm or gating has no LRP rule here"
-            layers.append(LayerSpec(block=block, attention=attn.attn_drop, extract_probs=_identity,
-                                    num_heads=attn.num_heads, qkv=attn.qkv, out_proj=attn.proj,
-                                    attn_branch=block.ls1, fc1=block.mlp.fc1, fc2=block.mlp.fc2,
-                                    mlp_branch=block.ls2, norm_first=True, lrp_blocker=blocker))
-        model_blocker = None
-        if getattr(self.model, "dist_token", None) is not None:
-            model_blocker = "the prediction averages two heads (class and distillation tokens)"
-        elif self.model.global_pool != "token":
-            model_blocker = f"global_pool={self.model.global_pool!r}; LRP reads a single class token"
-        return ModelSpec(layers=layers, head=[self.model.head], lrp_blocker=model_blocker)

@@ -86,12 +86,20 @@ def _qkv(spec: LayerSpec, rec: Recorder):
     return tuple(_split_heads(working(rec.call(m, c).output), h) for m in (spec.query, spec.key, spec.value))
 
 
+def _scaled(branch: torch.Tensor, scale: torch.Tensor | float | None) -> torch.Tensor:
+    """A branch's output times its layer-scale parameter (BEiT, EVA), as the layer adds it to the residual; the
+    scale passes relevance unchanged, like the other element-wise factors."""
+    if scale is None:
+        return branch
+    return branch * (working(scale).to(branch.device) if torch.is_tensor(scale) else scale)
+
+
 def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, probs: torch.Tensor):
     """Relevance of the layer's input and of its attention map, from the relevance of its output."""
     c = spec.call
     x = working(rec.call(spec.block, c).input)
-    attn_out = working(rec.call(spec.attn_branch, c).output)
-    mlp_out = working(rec.call(spec.mlp_branch, c).output)
+    attn_out = _scaled(working(rec.call(spec.attn_branch, c).output), spec.attn_scale)
+    mlp_out = _scaled(working(rec.call(spec.mlp_branch, c).output), spec.mlp_scale)
     fc1_in = working(rec.call(spec.fc1, c).input)
     # Pre-LN: the MLP's residual stream is x + attention; post-LN: it is the LayerNorm output, fc1's input.
     mid = x + attn_out if spec.norm_first else fc1_in

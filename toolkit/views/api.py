@@ -198,8 +198,9 @@ def neuron_view(
 ) -> View:
     """For a layer, head and query token: the query and key vectors, their element-wise product and the scores.
 
-    The vectors are captured with hooks on the stock query/key projections (BERT, GPT-2, T5, BART; see
-    ``toolkit.views.data.QUERY_KEY_LAYOUTS``) and checked to reproduce the model's own attention.
+    The vectors are captured with hooks on the stock query/key projections (those of the model's family
+    declaration, toolkit/families/families.yaml; GPT-2, T5, BART: ``toolkit.views.data.QUERY_KEY_LAYOUTS``) and
+    checked to reproduce the model's own attention.
     """
     stacks = text_attention(model, tokenizer, text_a, text_b, with_neurons=True)
     payload = {"view": "neuron", "stacks": [neuron_stack(s) for s in stacks], "diverging": DIVERGING_LUT.tolist()}

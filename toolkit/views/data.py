@@ -1,8 +1,10 @@
 """Run a stock model once and collect what the attention views draw.
 
-Attention weights come from the model's own ``output_attentions`` (timm ViTs: a hook on the
-attention dropout, which receives the softmax output). Query/key vectors for the neuron view come
-from forward hooks on the stock query/key projections, located through a small per-family table.
+Text attention comes from the model's own ``output_attentions``. Image attention is captured where the
+model's family declaration (toolkit/families) says, as the explainer captures it; undeclared models give it
+through ``output_attentions``, or, for timm, a hook on the attention dropout, which receives the softmax
+output. Query/key vectors for the neuron view come from forward hooks on the stock query/key projections,
+located by the model's family declaration (or, for decoders and encoder-decoders, a small table).
 Nothing here copies model code.
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import families
+from ..core.capture import Recorder
 from ..core.explicit_attention import explicit_attention
 from ..errors import InputError, UnsupportedModelError
 
@@ -76,7 +80,8 @@ _OUTPUT_STACKS = (
 
 @dataclass(frozen=True)
 class QueryKeyLayout:
-    """Where a model family keeps its attention modules and their query/key projections."""
+    """Where a decoder or encoder-decoder family keeps its attention modules and their query/key projections
+    (classifier families declare theirs in toolkit/families/families.yaml)."""
 
     stacks: dict[str, str]  # stack name -> pattern of attention-module names; group 1 is the layer
     query: str  # attribute of the attention module holding the query projection
@@ -84,7 +89,6 @@ class QueryKeyLayout:
 
 
 QUERY_KEY_LAYOUTS: dict[str, QueryKeyLayout] = {
-    "bert": QueryKeyLayout({"self": r"encoder\.layer\.(\d+)\.attention\.self"}, "query", "key"),
     "gpt2": QueryKeyLayout({"self": r"h\.(\d+)\.attn"}, "c_attn", "c_attn"),
     "t5": QueryKeyLayout(
         {
@@ -123,25 +127,16 @@ class _QueryKeyCapture:
     """Forward hooks on the stock query/key projections of every attention module; removed on exit, always."""
 
     def __init__(self, model: nn.Module):
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        layout = QUERY_KEY_LAYOUTS.get(model_type)
-        if layout is None:
-            raise UnsupportedModelError(
-                f"The neuron view knows where queries and keys live for {sorted(QUERY_KEY_LAYOUTS)}, "
-                f"not for model type {model_type!r}. Head and model views work for it."
-            )
-        fused = layout.query == layout.key
-        self.roles = {"fused": layout.query} if fused else {"query": layout.query, "key": layout.key}
-        self.attention_modules = {stack: _modules_by_layer(model, pattern) for stack, pattern in layout.stacks.items()}
+        self.parts = _query_key_parts(model)  # stack -> per layer (attention module, {role: projection})
+        self.attention_modules = {stack: [module for module, _ in layers] for stack, layers in self.parts.items()}
         self.projections: dict[tuple[str, int, str], torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> "_QueryKeyCapture":
         try:
-            for stack, modules in self.attention_modules.items():
-                for layer, attention in enumerate(modules):
-                    for role, attribute in self.roles.items():
-                        projection = getattr(attention, attribute)
+            for stack, layers in self.parts.items():
+                for layer, (_, projections) in enumerate(layers):
+                    for role, projection in projections.items():
                         self._handles.append(projection.register_forward_hook(self._recorder(stack, layer, role)))
         except BaseException:
             self._remove_hooks()
@@ -164,7 +159,7 @@ class _QueryKeyCapture:
 
     def _vectors(self, stack: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Query and key projections [tokens, heads × head_dim] of one layer."""
-        if "fused" in self.roles:  # one projection gives [q | k | v]
+        if (stack, layer, "fused") in self.projections:  # one projection gives [q | k | v]
             query, key, _ = self.projections[(stack, layer, "fused")].chunk(3, dim=-1)
             return query, key
         return self.projections[(stack, layer, "query")], self.projections[(stack, layer, "key")]
@@ -187,7 +182,8 @@ class _QueryKeyCapture:
         data = NeuronData(
             queries=torch.stack(queries).numpy(),
             keys=torch.stack(keys).numpy(),
-            scales=np.array([m.scaling for m in modules], dtype=np.float32),
+            scales=np.array([getattr(m, "scaling", None) or (queries[0].shape[-1] ** -0.5) for m in modules],
+                            dtype=np.float32),
             causal=np.array([getattr(m, "is_causal", False) for m in modules]),
             position_bias=_position_bias(modules, n_queries, n_keys),
         )
@@ -198,6 +194,27 @@ class _QueryKeyCapture:
                 "(rotary embeddings or another change after the projections?): the neuron view would mislead."
             )
         return data
+
+
+def _query_key_parts(model: nn.Module) -> dict[str, list[tuple[nn.Module, dict[str, nn.Module]]]]:
+    """Per stack, each layer's attention module and its query/key projections: from the model's family
+    declaration, else from QUERY_KEY_LAYOUTS by model type."""
+    layout = families.layout_for(model)
+    declared = layout.query_key() if layout is not None and layout.family.inputs == "text" else None
+    if declared is not None:
+        return {"self": declared}
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    table = QUERY_KEY_LAYOUTS.get(model_type)
+    if table is None:
+        declared = ", ".join(family.name for family in families.all_families() if family.inputs == "text")
+        raise UnsupportedModelError(
+            f"The neuron view knows where queries and keys live for the text families ({declared}) and the model "
+            f"types {', '.join(sorted(QUERY_KEY_LAYOUTS))}, not for model type {model_type!r}. Head and model views "
+            "work for it."
+        )
+    roles = {"fused": table.query} if table.query == table.key else {"query": table.query, "key": table.key}
+    return {stack: [(module, {role: getattr(module, attribute) for role, attribute in roles.items()})
+                    for module in _modules_by_layer(model, pattern)] for stack, pattern in table.stacks.items()}
 
 
 def _modules_by_layer(model: nn.Module, pattern: str) -> list[nn.Module]:
@@ -338,11 +355,19 @@ def _display_pixels(pixel_values: torch.Tensor) -> np.ndarray:
     return (scaled * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def image_attention(model: nn.Module, pixel_values: torch.Tensor) -> ImageAttention:
-    """Attention of a Hugging Face or timm Vision Transformer on ``pixel_values`` [1, 3, H, W]."""
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
-        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-        raise InputError(f"pixel_values must be a tensor of shape [1, 3, height, width], got {shape}.")
+def _declared_image_attention(layout: families.Layout, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's attention, captured where the model's family declares it (as the explainer does)."""
+    captures = layout.attention_modules()
+    with Recorder() as recorder:
+        for module, extract, _, _ in captures:
+            recorder.record_attention(module, extract)
+        with _inference(layout.model):
+            layout.forward_pixels(pixel_values)
+    return [recorder.attention_call(module, call).probs for module, _, call, _ in captures]
+
+
+def _undeclared_image_attention(model: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's attention of a model no family declares: timm's attention dropouts, else output_attentions."""
     timm_modules = _timm_attention_modules(model)
     captured: list[torch.Tensor] = []
     handles = [m.attn_drop.register_forward_hook(lambda _m, _i, output: captured.append(output)) for m in timm_modules]
@@ -355,10 +380,25 @@ def image_attention(model: nn.Module, pixel_values: torch.Tensor) -> ImageAttent
     finally:
         for handle in handles:
             handle.remove()
+    return captured
+
+
+def image_attention(model: nn.Module, pixel_values: torch.Tensor) -> ImageAttention:
+    """Attention of a Vision Transformer (any declared image family, Hugging Face or timm) on ``pixel_values``
+    [1, 3, H, W]."""
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise InputError(f"pixel_values must be a tensor of shape [1, 3, height, width], got {shape}.")
+    layout = families.layout_for(model)
+    if layout is not None and layout.family.inputs == "image":
+        captured = _declared_image_attention(layout, pixel_values)
+        patch_h, patch_w = layout.patch_embedding().stride
+    else:
+        captured = _undeclared_image_attention(model, pixel_values)
+        patch_h, patch_w = _patch_size(model)
     if not captured:
         raise UnsupportedModelError(f"{type(model).__name__} returned no attention weights.")
     weights = torch.stack([layer[0] for layer in captured]).float().numpy()
-    patch_h, patch_w = _patch_size(model)
     grid = (pixel_values.shape[2] // patch_h, pixel_values.shape[3] // patch_w)
     prefix = weights.shape[-1] - grid[0] * grid[1]
     if prefix < 0:

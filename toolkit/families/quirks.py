@@ -1,0 +1,106 @@
+"""What a declaration cannot say as data: layers that run several times (ALBERT), and how a library's image
+models read pictures and name their classes (Hugging Face image processors, timm transforms)."""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from ..errors import InputError
+
+
+def albert_shared(model: nn.Module, found: list[tuple[tuple[int, ...], str, nn.Module]]
+                  ) -> list[tuple[str, nn.Module, int]]:
+    """ALBERT runs one group of layers at several depths: depth d uses group d // (layers / groups), and each
+    run of a shared module is its own call (``albert_layer_groups.<group>.albert_layers.<layer>``)."""
+    config = model.config
+    groups: dict[int, list[tuple[str, nn.Module]]] = {}
+    for indices, name, module in found:
+        groups.setdefault(indices[0], []).append((name, module))
+    calls: Counter = Counter()
+    order = []
+    for depth in range(config.num_hidden_layers):
+        for name, module in groups[int(depth / (config.num_hidden_layers / config.num_hidden_groups))]:
+            order.append((name, module, calls[id(module)]))
+            calls[id(module)] += 1
+    return order
+
+
+LAYER_ORDERS = {"albert-shared": albert_shared}
+
+
+class HuggingFaceImages:
+    """A Hugging Face image model: its image processor (ViT's default, with a warning, when none is given)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def default_processor(self) -> Any:
+        size = getattr(getattr(self.model, "config", None), "image_size", None)
+        if size is None:
+            raise InputError(f"No image processor given, and {type(self.model).__name__} has no config.image_size to "
+                             "build one: pass the model's processor, Explainer(model, processor).")
+        from transformers import ViTImageProcessor
+
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        warnings.warn(f"No image processor given: resizing to {height}x{width} and normalising with mean=std=0.5 "
+                      "(ViT's default). Pass the model's processor for exact preprocessing.", stacklevel=5)
+        return ViTImageProcessor(size={"height": height, "width": width})
+
+    def normalisation(self, processor: Any) -> tuple[np.ndarray, np.ndarray]:
+        mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]
+        return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+
+    def input_size(self) -> tuple[int, int] | None:
+        size = getattr(getattr(self.model, "config", None), "image_size", None)
+        if size is None:
+            return None
+        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+    def labels(self) -> dict[int, str] | None:
+        """None: the model's config names its classes."""
+        return None
+
+
+class TimmImages(HuggingFaceImages):
+    """A timm model: the transform of its data config, and class names from its pretrained config or ImageNet."""
+
+    def _data_config(self) -> dict:
+        from timm.data import resolve_data_config
+
+        return resolve_data_config({}, model=self.model)
+
+    def default_processor(self) -> Any:
+        from timm.data import create_transform
+
+        return create_transform(**self._data_config())
+
+    def normalisation(self, processor: Any) -> tuple[np.ndarray, np.ndarray]:
+        config = self._data_config()
+        return np.asarray(config["mean"], dtype=np.float32), np.asarray(config["std"], dtype=np.float32)
+
+    def input_size(self) -> tuple[int, int] | None:
+        embed = self.model.patch_embed
+        fixed = embed.img_size is not None and getattr(embed, "strict_img_size", True)
+        return tuple(embed.img_size) if fixed and not getattr(self.model, "dynamic_img_size", False) else None
+
+    def labels(self) -> dict[int, str]:
+        """Class names from the model's pretrained config (``label_names``), else timm's ImageNet descriptions
+        when the classifier's size matches an ImageNet subset, else none."""
+        names = (getattr(self.model, "pretrained_cfg", None) or {}).get("label_names")
+        if names:
+            return {index: str(name) for index, name in enumerate(names)}
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(self.model)
+        if subset is None:
+            return {}
+        info = ImageNetInfo(subset)
+        return {index: info.index_to_description(index) for index in range(self.model.num_classes)}
+
+
+SOURCES = {"hf": HuggingFaceImages, "timm": TimmImages}
