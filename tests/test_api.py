@@ -202,8 +202,8 @@ def test_image_explanation_overlay(image_explainer):
 def test_bad_image_inputs_are_refused_clearly(image_explainer, tmp_path):
     with pytest.raises(InputError, match="no file"):
         image_explainer.explain(str(tmp_path / "missing.png"))
-    with pytest.raises(InputError, match=r"\(B, 3, H, W\)"):
-        image_explainer.explain(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(InputError, match=r"shape \(2, 1, 1, 32, 32\); .*HxW, HxWxC or CxHxW"):
+        image_explainer.explain(torch.zeros(2, 1, 1, 32, 32))
     with pytest.raises(InputError, match="not a string|PIL image"):
         image_explainer.explain([object()])
 

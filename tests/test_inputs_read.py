@@ -95,7 +95,7 @@ def test_unreadable_image_files_are_named(broken_files, scene_vit, scene_clip, n
 def test_unprocessed_photo_tensor_is_resized_like_the_same_array(scene_vit):
     photo = torch.rand(3, 375, 500, generator=torch.Generator().manual_seed(0))
     as_array = (photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    with pytest.warns(ToolkitWarning, match="image tensor is 375x500, not the 64x64 pixel_values"):
+    with pytest.warns(ToolkitWarning, match="float tensor is 375x500, not the 64x64 this model reads"):
         from_tensor = scene_vit.explain(photo, method="generic")
     from_array = scene_vit.explain(as_array, method="generic")
     assert from_tensor.heatmap.shape == (8, 8)

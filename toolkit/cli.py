@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import html
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import Explainer, ToolkitError, list_methods, loading, render, supported_families, zoo
+from .errors import ToolkitWarning, warn
+from .paths import output_folder
 from .multimodal import MultimodalAdapter
 from .multimodal.clip import pair_grid
 from .multimodal.vilt import pair_up
@@ -21,14 +25,26 @@ IMAGE_TEXT_INPUTS = {"image-text similarity": "text", "visual question answering
 
 
 def _parse_labels(spec: str | None) -> dict[str, str] | None:
-    """'positive=I loved it;negative=I hated it' or 'positive,negative' (the name serves as description)."""
-    if not spec:
+    """'positive=I loved it;negative=I hated it' or 'positive,negative' (the name serves as description). A spec
+    with no label in it, a label without a name, or a name given twice (in any case) is an error; a single label is
+    warned about: the zero-shot classifier compares a text with its labels, so with one its probability is 1."""
+    if spec is None:
         return None
     separator = ";" if ";" in spec or "=" in spec else ","
-    labels = {}
+    labels: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in spec.split(separator))):
-        name, _, description = item.partition("=")
-        labels[name.strip()] = description.strip() or name.strip()
+        name, _, description = (part.strip() for part in item.partition("="))
+        if not name:
+            raise ToolkitError(f"--labels: {item!r} has no label name before '='; write 'name=description;...'.")
+        if name.lower() in (known.lower() for known in labels):
+            raise ToolkitError(f"--labels names {name!r} twice: give each label its own name.")
+        labels[name] = description or name
+    if not labels:
+        raise ToolkitError(f"--labels {spec!r} holds no label: write 'positive=I loved it;negative=I hated it' or "
+                           "'positive,negative'.")
+    if len(labels) == 1:
+        warn(f"--labels gives one label ({next(iter(labels))!r}): a zero-shot classifier compares a text with its "
+             "labels, so with one its probability is always 1. Give at least two labels to compare.")
     return labels
 
 
@@ -56,7 +72,21 @@ def _load(args) -> Explainer:
 
 
 def _parse_target(target: str | None) -> int | str | None:
-    return None if target is None else (int(target) if target.isdigit() else target)
+    """A class (or answer) index when ``target`` is a whole number, else a label (or answer) name."""
+    if target is None:
+        return None
+    return int(target) if re.fullmatch(r"\s*[+-]?\d+\s*", target) else target
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _bars(scores, width: int = 24) -> tuple[list[str], str]:
@@ -78,16 +108,15 @@ def explain_command(args) -> int:
     if not inputs:
         raise ToolkitError("Give something to explain: --text 'some text' (repeatable) or --image PATH (repeatable); "
                            "image-text models take --image with --text (CLIP), --question (VQA) or --caption.")
+    out = output_folder(args.out, "--out")
     explainer = _load(args)
     if isinstance(explainer.adapter, MultimodalAdapter):
-        return explain_image_text(explainer, args)
+        return explain_image_text(explainer, args, out)
     _check_classifier_inputs(explainer, args)
     method = args.method or explainer.default_method
     target = _parse_target(args.target)
     explanations = explainer.explain(list(inputs), method=method, target=target, start_layer=args.start_layer,
                                      batch_size=args.batch_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     sections = []
     for index, exp in enumerate(explanations):
         print(f"\n[{index}] {explainer.name} | {method} | predicted/target: {exp.label} (p={exp.probability:.3f})")
@@ -123,14 +152,13 @@ def _check_classifier_inputs(explainer: Explainer, args) -> None:
     for keyword, models in (("question", "visual question answering models such as --model vilt"),
                             ("caption", "captioning models such as --model captioner")):
         if getattr(args, keyword):
-            raise ToolkitError(f"--{keyword} is for {models}; {explainer.name} is a "
-                               f"{explainer.adapter.modality} classifier.")
+            raise ToolkitError(f"--{keyword} is for {models}; {explainer.name} is {explainer.adapter.kind}.")
     if args.start_layer_text is not None:
         raise ToolkitError("--start-layer-text is the text tower's start layer of an image-text model such as "
                            f"--model clip; {explainer.name} has one stack: use --start-layer.")
     if args.text and args.image:
-        raise ToolkitError(f"{explainer.name} is a {explainer.adapter.modality} classifier: give --text or --image, "
-                           "not both (--text with --image is for image-text models such as --model clip).")
+        raise ToolkitError(f"{explainer.name} is {explainer.adapter.kind}: give --text or --image, not both "
+                           "(--text with --image is for image-text models such as --model clip).")
     given = "text" if args.text else "image"
     if given != explainer.adapter.modality:
         raise ToolkitError(f"{explainer.name} explains {explainer.adapter.modality}s, not {given}s: give "
@@ -139,9 +167,9 @@ def _check_classifier_inputs(explainer: Explainer, args) -> None:
 
 
 # --- image-text models: CLIP (--text), VQA (--question), captioning (--caption, or none to generate) ------
-def explain_image_text(explainer: Explainer, args) -> int:
+def explain_image_text(explainer: Explainer, args, out: Path) -> int:
     """Explain each (image, text / question / caption) pair; print what the model said about it, and save
-    each explanation (.npz), its overlays (.png) and a page."""
+    each explanation (.npz), its overlays (.png) and a page in ``out``."""
     task = explainer.adapter.task
     keyword = IMAGE_TEXT_INPUTS[task]
     given = {name: getattr(args, name) for name in ("text", "question", "caption") if getattr(args, name)}
@@ -168,8 +196,6 @@ def explain_image_text(explainer: Explainer, args) -> int:
         owners = [i for i, _ in pair_up(len(images), len(values))]
     else:
         owners = list(range(len(images)))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     sections = []
     for index, (exp, owner) in enumerate(zip(results, owners)):
         stem = out / f"explanation_{index:03d}"
@@ -293,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--start-layer", type=int, default=0, help="first layer of the propagation (CLIP: of the "
                                                                    "image tower; negative counts from the last)")
     explain.add_argument("--start-layer-text", type=int, help="CLIP: first layer of the text tower (default 0)")
-    explain.add_argument("--batch-size", type=int, default=16)
-    explain.add_argument("--top", type=int, default=8, help="how many words to print")
+    explain.add_argument("--batch-size", type=_positive, default=16)
+    explain.add_argument("--top", type=_positive, default=8, help="how many words to print")
     explain.add_argument("--random-weights", action="store_true",
                          help="timm and open_clip: random weights (no download)")
     explain.add_argument("--out", default="explanations", help="folder for .npz, .png and index.html")
@@ -323,8 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_toolkit_warnings(show):
+    """``warnings.showwarning`` that prints the toolkit's warnings as ``warning: ...`` lines (no source file and
+    line: they are about the user's input, not the code), and others as ``show`` does."""
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ToolkitWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show = warnings.showwarning
+    warnings.showwarning = _show_toolkit_warnings(show)
     try:
         if args.command == "explain":
             return explain_command(args)
@@ -343,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

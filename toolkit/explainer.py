@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import warnings
+import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -19,8 +20,9 @@ from .core.explicit_attention import explicit_attention
 from .core.lrp import working
 from .core.propagation import lrp_through_layers
 from .core.trace import Trace
-from .errors import InputError, UnsupportedModelError
+from .errors import InputError, UnsupportedModelError, warn
 from .explanation import Explanation
+from .images import image_items
 from .labels import ranked_labels
 from .methods import Method, get_method, list_methods
 from .text import word_scores
@@ -39,6 +41,9 @@ class Explainer:
 
     def __init__(self, model: nn.Module, processor: Any = None, *, adapter: ModelAdapter | None = None,
                  name: str | None = None, family: FamilySource | None = None):
+        """``model`` may also come wrapped (DataParallel, torch.compile, a Hugging Face pipeline, whose tokenizer
+        or image processor then serves unless ``processor`` is given): the model inside is explained."""
+        model, processor = _unwrapped(model, processor)
         self.model = model  # put in eval mode for each call only: the caller's train/eval modes are restored
         self.adapter = adapter or adapter_for(model, processor, family)
         self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
@@ -102,10 +107,10 @@ class Explainer:
                     raise InputError(f"{self.adapter.family} models take keyword inputs: predict(image=..., "
                                      "question=...).")
                 return self.adapter.predict(top_k=top_k, **multimodal_inputs)
-            single, items = _as_items(inputs)
+            single, items = _as_items(inputs, self.adapter.modality)
             if not single:
                 raise InputError("predict() takes one input; call it once per input.")
-            if isinstance(inputs, Mapping) or torch.is_tensor(inputs):
+            if _stacked(inputs, self.adapter.modality):
                 items = _stack(items)
             with torch.no_grad():
                 probabilities = self.adapter.logits(self.adapter.prepare(items)).float().softmax(-1)[0]
@@ -127,7 +132,16 @@ class Explainer:
         one of the method's options (``keep_identity=True``) go to the method. Image-text models take
         keywords instead of ``inputs``: ``image=``, ``text=`` (CLIP, with ``start_layer_text=``),
         ``question=`` (VQA), ``caption=`` (captioning).
+
+        Gradient methods work under a caller's ``torch.no_grad()`` and ``torch.inference_mode()`` alike.
         """
+        with torch.inference_mode(False):  # gradients need autograd, which inference mode turns off
+            return self._explain(_outside_inference(inputs), method, _outside_inference(target), text_pair,
+                                 start_layer, batch_size, progress,
+                                 {key: _outside_inference(value) for key, value in keywords.items()})
+
+    def _explain(self, inputs: Any, method: str | None, target: Any, text_pair: Any, start_layer: int,
+                 batch_size: int, progress: bool | None, keywords: dict[str, Any]) -> Explanation | list[Explanation]:
         name = method or self.default_method
         method_cls = get_method(name)
         refusal = self.method_refusal(name)
@@ -147,7 +161,7 @@ class Explainer:
                     if difflib.get_close_matches(next(iter(keywords)), method_cls.option_names(), n=1):
                         method_cls(start_layer=start_layer, **options, **keywords)  # says which option was meant
                     raise InputError(
-                        f"Unexpected keywords {sorted(keywords)}: this is a {self.adapter.modality} classifier; "
+                        f"Unexpected keywords {sorted(keywords)}: this is {self.adapter.kind}; "
                         f"pass its inputs as the first argument. Options of {name!r}: "
                         f"{', '.join(method_cls.option_names()) or 'none'}.")
                 result = self._explain_classifier(inputs, method_impl, target, text_pair, batch_size, progress)
@@ -157,17 +171,22 @@ class Explainer:
 
     def _explain_classifier(self, inputs: Any, method: Method, target: Any, text_pair: Any, batch_size: int,
                             progress: bool | None) -> Explanation | list[Explanation]:
-        single, items = _as_items(inputs)
+        """Every input and target that can be checked without the model is checked before the first batch runs,
+        so that a mistake at input #900 does not surface after 899 explanations were computed and lost."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        single, items = _as_items(inputs, self.adapter.modality)
         pairs = None if text_pair is None else ([text_pair] if single else list(text_pair))
-        targets = _per_item(target, len(items))
-        if batch_size < 1:
-            raise InputError("batch_size must be at least 1.")
+        stacked = _stacked(inputs, self.adapter.modality)
+        if not stacked:
+            self.adapter.check_inputs(items, pairs)
+        targets = self._target_indices(target, len(items))
         starts = range(0, len(items), batch_size)
         show = progress if progress is not None else len(starts) > 1
         results: list[Explanation] = []
         for start in tqdm(starts, desc=method.name, unit="batch", disable=not show):
             chunk = items[start:start + batch_size]
-            if isinstance(inputs, Mapping) or torch.is_tensor(inputs):
+            if stacked:
                 chunk = _stack(chunk)
             batch = self.adapter.prepare(chunk, text_pair=None if pairs is None else pairs[start:start + batch_size],
                                          first_index=start)
@@ -175,7 +194,7 @@ class Explainer:
         return results[0] if single else results
 
     # --- one batch: one forward, at most one backward ------------------------------------------
-    def _explain_batch(self, batch: Batch, method: Method, targets: list[Target], first_index: int = 0
+    def _explain_batch(self, batch: Batch, method: Method, targets: list[int | None], first_index: int = 0
                        ) -> list[Explanation]:
         spec = self.adapter.spec
         with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec:
@@ -215,32 +234,53 @@ class Explainer:
         return [self._explanation(batch, i, relevance[i], int(t), float(probabilities[i, t]), method)
                 for i, t in enumerate(target_ids.tolist())]
 
-    def _resolve_targets(self, targets: list[Target], logits: torch.Tensor, first_index: int = 0) -> torch.Tensor:
-        num_classes = logits.shape[-1]
+    def _target_indices(self, target: Any, count: int) -> list[int | None]:
+        """One class index per input (None: the predicted class), from an index, a label name, None, or one of
+        these per input; checked against the number of classes where the labels tell it."""
+        labels = self.labels
+        known = len(labels) if labels and sorted(labels) == list(range(len(labels))) else None
+        indices = []
+        for position, item in enumerate(_per_item(target, count)):
+            index = self._target_index(item, position)
+            if index is not None and known is not None:
+                self._check_range(index, position, known)
+            indices.append(index)
+        return indices
+
+    def _target_index(self, target: Any, position: int) -> int | None:
+        if torch.is_tensor(target) or isinstance(target, np.ndarray):
+            if target.ndim != 0:
+                raise InputError(f"Input #{position}: target is an array of shape {tuple(target.shape)}; give one "
+                                 "class index per input.")
+            target = target.item()
+        if isinstance(target, str):
+            text = target.strip()
+            is_label = text.lower() in {name.lower() for name in self.labels.values()}
+            if re.fullmatch(r"[+-]?\d+", text) and not is_label:
+                return int(text)
+            try:
+                return self.adapter.label_index(target)
+            except InputError as error:
+                raise InputError(f"Input #{position}: {error}") from None
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer))):
+            raise InputError(f"Input #{position}: target must be a class index, a label name or None; got "
+                             f"{target!r}.")
+        return None if target is None else int(target)
+
+    def _check_range(self, target: int, position: int, num_classes: int) -> None:
+        if not 0 <= target < num_classes:
+            names = ", ".join(f"{k}: {v}" for k, v in sorted(self.labels.items())[:10])
+            raise InputError(f"Input #{position}: target {target} is out of range: targets are class indices "
+                             f"0..{num_classes - 1} (this model has {num_classes} classes"
+                             f"{'; ' + names if names else ''}), or label names.")
+
+    def _resolve_targets(self, targets: list[int | None], logits: torch.Tensor, first_index: int = 0) -> torch.Tensor:
+        """The class explained for each input of a batch: the given index, or the predicted class."""
         predicted = logits.argmax(-1).tolist()
-        resolved = []
         for index, target in enumerate(targets):
-            if torch.is_tensor(target) or isinstance(target, np.ndarray):
-                if target.ndim != 0:
-                    raise InputError(f"Input #{first_index + index}: target is an array of shape "
-                                     f"{tuple(target.shape)}; give one class index per input.")
-                target = target.item()
-            if target is None:
-                resolved.append(predicted[index])
-                continue
-            if isinstance(target, str):
-                digits = target.strip()
-                is_label = digits.lower() in {name.lower() for name in self.labels.values()}
-                target = int(digits) if digits.isdigit() and not is_label else self.adapter.label_index(target)
-            if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-                raise InputError(f"Input #{first_index + index}: target must be a class index, a label name or "
-                                 f"None; got {target!r}.")
-            if not 0 <= int(target) < num_classes:
-                names = ", ".join(f"{k}: {v}" for k, v in sorted(self.labels.items())[:10])
-                raise InputError(f"Input #{first_index + index}: target {target} is out of range: this model has "
-                                 f"{num_classes} classes (0..{num_classes - 1}{'; ' + names if names else ''}).")
-            resolved.append(int(target))
-        return torch.tensor(resolved, device=logits.device)
+            if target is not None:
+                self._check_range(target, first_index + index, logits.shape[-1])
+        return torch.tensor([predicted[i] if t is None else t for i, t in enumerate(targets)], device=logits.device)
 
     def _explanation(self, batch: Batch, i: int, relevance: np.ndarray, target: int, probability: float,
                      method: Method) -> Explanation:
@@ -275,18 +315,27 @@ def _joined(text: str | tuple[str, str] | None) -> str | None:
     return " | ".join(text) if isinstance(text, tuple) else text
 
 
-def _as_items(inputs: Any) -> tuple[bool, list]:
-    """(whether a single input was given, the inputs as a list of per-sample items)."""
+def _as_items(inputs: Any, modality: str) -> tuple[bool, list]:
+    """(whether a single input was given, the inputs as a list of per-sample items). A tensor of token ids is
+    one text when 1-d; an image array or tensor is one image when 2-d or 3-d (:func:`toolkit.images.image_items`)."""
     if inputs is None:
         raise InputError("Nothing to explain: pass a text, an image, a list of them, or preprocessed tensors.")
     if isinstance(inputs, Mapping):
+        if not inputs:
+            raise InputError("The input mapping is empty: pass input_ids (text) or pixel_values (images).")
         tensors = {k: torch.as_tensor(v) for k, v in inputs.items()}
-        if "input_ids" in tensors and tensors["input_ids"].dim() == 1:
-            return True, [{k: v for k, v in tensors.items()}]
+        main = tensors.get("input_ids", tensors.get("pixel_values"))
+        if main is not None and main.dim() == (1 if "input_ids" in tensors else 3):
+            return True, [tensors]
+        if any(t.dim() == 0 for t in tensors.values()):
+            raise InputError(f"Preprocessed inputs must be tensors with a batch dimension; got shapes "
+                             f"{ {k: tuple(t.shape) for k, t in tensors.items()} }.")
         size = next(iter(tensors.values())).shape[0]
         return False, [{k: v[i] for k, v in tensors.items()} for i in range(size)]
+    if modality == "image" and (torch.is_tensor(inputs) or isinstance(inputs, np.ndarray)):
+        return inputs.ndim in (2, 3), image_items(inputs)
     if torch.is_tensor(inputs):
-        if inputs.dim() in (1, 3):
+        if inputs.dim() == 1:
             return True, [inputs]
         return False, list(inputs)
     if isinstance(inputs, list):
@@ -299,6 +348,11 @@ def _as_items(inputs: Any) -> tuple[bool, list]:
                              + ": pass a text or an image at every position.")
         return False, inputs
     return True, [inputs]
+
+
+def _stacked(inputs: Any, modality: str) -> bool:
+    """Whether each batch of ``inputs`` reaches the adapter as one tensor (or mapping of tensors), not a list."""
+    return isinstance(inputs, Mapping) or (torch.is_tensor(inputs) and modality != "image")
 
 
 def _stack(chunk: list) -> Any:
@@ -315,6 +369,54 @@ def _per_item(target: Any, count: int) -> list[Target]:
             raise InputError(f"{len(target)} targets given for {count} inputs.")
         return list(target)
     return [target] * count
+
+
+def _outside_inference(value: Any) -> Any:
+    """``value`` with every tensor made under ``torch.inference_mode()`` cloned into a normal one, which autograd may
+    record (it refuses inference tensors), in lists, tuples and mappings too; anything else as it is."""
+    if torch.is_tensor(value):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, Mapping) and any(torch.is_tensor(v) and v.is_inference() for v in value.values()):
+        return {key: _outside_inference(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and any(torch.is_tensor(v) and v.is_inference() for v in value):
+        return type(value)(_outside_inference(item) for item in value)
+    return value
+
+
+def _unwrapped(model: Any, processor: Any) -> tuple[nn.Module, Any]:
+    """The model inside DataParallel, DistributedDataParallel, torch.compile's wrapper or a Hugging Face pipeline
+    (with the pipeline's tokenizer or image processor, unless ``processor`` is given)."""
+    if isinstance(model, (str, os.PathLike)):
+        raise UnsupportedModelError(f"Explainer takes a model object, not its name {str(model)!r}: use "
+                                    f"Explainer.from_pretrained({str(model)!r}) to load it.")
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):  # a pipeline
+        if processor is None:
+            processor = _pipeline_processor(model)
+        model = model.model
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile(model)
+            model = model._orig_mod
+        else:
+            break
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"Explainer takes a PyTorch model (a torch.nn.Module); got a "
+                                    f"{type(model).__name__}.")
+    return model, processor
+
+
+def _pipeline_processor(pipeline: Any) -> Any:
+    """What preprocesses a pipeline's inputs: its processor, else its tokenizer and image processor (both, for
+    image-text models)."""
+    from .multimodal.captioning import ImageTextProcessor
+
+    if getattr(pipeline, "processor", None) is not None:
+        return pipeline.processor
+    tokenizer, image_processor = getattr(pipeline, "tokenizer", None), getattr(pipeline, "image_processor", None)
+    if tokenizer is not None and image_processor is not None:
+        return ImageTextProcessor(image_processor, tokenizer)
+    return tokenizer if tokenizer is not None else image_processor
 
 
 @contextlib.contextmanager
@@ -341,14 +443,14 @@ def _warn_if_uninformative(explanation: Explanation, position: int, reason: str)
         return
     where = f"Input #{position} ({explanation.method}, target {explanation.label!r})"
     if not np.isfinite(values).all():
-        warnings.warn(f"{where}: the relevance contains NaN or infinite values; the model's outputs or "
-                      "gradients overflowed. Try float32 inputs or another method.", stacklevel=3)
+        warn(f"{where}: the relevance contains NaN or infinite values; the model's outputs or gradients "
+             "overflowed. Try float32 inputs or another method.")
     elif not np.abs(values).max() > 0:
-        warnings.warn(f"{where}: the relevance is zero everywhere: {reason}. Try another method "
-                      "(generic, rollout) or another target.", stacklevel=3)
+        warn(f"{where}: the relevance is zero everywhere: {reason}. Try another method (generic, rollout) or "
+             "another target.")
     elif values.size > 1 and values.max() - values.min() <= 1e-6 * np.abs(values).max():
-        warnings.warn(f"{where}: the relevance is the same ({values.flat[0]:.4g}) everywhere, so it singles "
-                      "nothing out. Try another method or another target.", stacklevel=3)
+        warn(f"{where}: the relevance is the same ({values.flat[0]:.4g}) everywhere, so it singles nothing out. "
+             "Try another method or another target.")
 
 
 def _note_scene_model_on_photos(model: nn.Module, images: Any) -> None:
@@ -361,8 +463,7 @@ def _note_scene_model_on_photos(model: nn.Module, images: Any) -> None:
     for index, image in enumerate(images if isinstance(images, (list, tuple)) else [images]):
         size = image_size(image)
         if size is not None and size != (IMAGE_SIZE, IMAGE_SIZE):
-            warnings.warn(f"Image #{index} is {size[0]}x{size[1]}: this built-in model was trained on "
-                          f"{IMAGE_SIZE}x{IMAGE_SIZE} synthetic scenes of coloured shapes, so on a real photo its "
-                          "prediction and explanation say little. Use a scene from toolkit.scenes, or load a "
-                          "model trained on photos.", stacklevel=4)
+            warn(f"Image #{index} is {size[0]}x{size[1]}: this built-in model was trained on {IMAGE_SIZE}x{IMAGE_SIZE} "
+                 "synthetic scenes of coloured shapes, so on a real photo its prediction and explanation say "
+                 "little. Use a scene from toolkit.scenes, or load a model trained on photos.")
             return

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import platform
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from PIL import Image
 
 from . import render
 from .errors import InputError
+from .paths import output_folder
 
 _ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens", "boxes", "original_image", "crop_box")
 
@@ -190,26 +192,52 @@ class Explanation:
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write one ``.npz`` file: the arrays, plus a JSON ``meta`` entry (model, method, options, versions)."""
-        path = Path(path)
+        """Write one ``.npz`` file: the arrays, plus a JSON ``meta`` entry (model, method, options, versions).
+
+        ``.npz`` is added to a name without it; missing folders on the way are created. ``path`` names the file:
+        an existing folder is refused (give the file's name inside it)."""
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; save() writes one file: give its name, e.g. "
+                             f"{path / 'explanation.npz'}.")
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        output_folder(path.parent, "Explanation.save")
         arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAY_FIELDS if getattr(self, name) is not None}
         meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
         if self.steps is not None:
             meta["steps"] = [step.to_json() for step in self.steps]
-        np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
+        try:
+            np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
+        except OSError as error:
+            raise InputError(f"Cannot write {path}: {error.strerror or error}.") from None
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Explanation":
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("steps") is not None:
-                meta["steps"] = [CaptionStep.from_json(step) for step in meta["steps"]]
-            arrays = {name: data[name] for name in _ARRAY_FIELDS if name in data.files}
-        return cls(**meta, **arrays)
+        """An Explanation written by :meth:`save`; any other file is an InputError that says what it is."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise InputError(f"No explanation file at {path}" + (" (a folder)." if path.is_dir() else "."))
+        foreign = f"{path} is not an explanation file (a .npz written by Explanation.save)"
+        if not zipfile.is_zipfile(path):
+            raise InputError(f"{foreign}: it is not a .npz archive at all.")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "meta" not in data.files:
+                    raise InputError(f"{foreign}: it is a .npz archive without the 'meta' entry save() writes "
+                                     f"(it holds {', '.join(data.files[:8]) or 'nothing'}).")
+                meta = json.loads(str(data["meta"]))
+                if meta.get("steps") is not None:
+                    meta["steps"] = [CaptionStep.from_json(step) for step in meta["steps"]]
+                arrays = {name: data[name] for name in _ARRAY_FIELDS if name in data.files}
+            return cls(**meta, **arrays)
+        except InputError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            detail = str(error).splitlines()[0][:200] if str(error) else ""
+            raise InputError(f"{foreign}, or it is damaged or from an incompatible version "
+                             f"({type(error).__name__}: {detail}).") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}

@@ -2,25 +2,33 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import InputError, warn
 
 MAX_SIDE = 4096  # larger images are downscaled first: no model here reads more, and memory stays bounded
+IMAGE_KINDS = ("pass a PIL image, a file path, or a numpy array or tensor shaped HxW, HxWxC or CxHxW (C = 1, 3 "
+               "or 4; several images: a list, or a 4-d array or tensor)")
+ORIENTATION = 0x0112  # the EXIF tag
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def to_rgb(image: Any, index: int = 0) -> Image.Image:
     """An 8-bit RGB PIL image from a PIL image, array, tensor or file path, whatever its mode or bit depth.
 
     Transparency is composited on white; 16-bit and float data are rescaled to 0..255; tensors are read as
-    arrays (HxWxC or CxHxW); images larger than MAX_SIDE on a side are downscaled, keeping the aspect ratio.
-    A file that is not a readable image (empty, truncated, another format) is an InputError naming it.
+    arrays (HxW, HxWxC or CxHxW, C being 1, 3 or 4); a file's or PIL image's EXIF orientation is applied (a
+    photo taken sideways is read upright); images larger than MAX_SIDE on a side are downscaled, keeping the
+    aspect ratio. A file that is not a readable image (empty, truncated, another format) is an InputError
+    naming it, and so are pixels that are NaN or infinite.
     """
+    check_image(image, index)
     if isinstance(image, (str, os.PathLike)):
         image = _open(Path(image), index)
     if torch.is_tensor(image):
@@ -29,10 +37,7 @@ def to_rgb(image: Any, index: int = 0) -> Image.Image:
     if isinstance(image, np.ndarray):
         image = _array_to_pil(image, index)
     elif isinstance(image, Image.Image):
-        image = _decoded(image, index)
-    if not isinstance(image, Image.Image):
-        raise InputError(f"Image #{index} is a {type(image).__name__}; pass a PIL image, a numpy array or tensor "
-                         "(HxWx3 or 3xHxW), or a file path.")
+        image = _upright(_decoded(image, index))
     if image.width == 0 or image.height == 0:
         raise InputError(f"Image #{index} is empty ({image.width}x{image.height}).")
     if max(image.size) > MAX_SIDE:
@@ -43,36 +48,84 @@ def to_rgb(image: Any, index: int = 0) -> Image.Image:
     return _mode_to_rgb(image)
 
 
+def check_image(image: Any, index: int = 0) -> None:
+    """The checks of :func:`to_rgb` that read no pixels: the kind of object, and for a path, that it names a file
+    here (a URL is not downloaded)."""
+    if isinstance(image, (str, os.PathLike)):
+        if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", str(image)):
+            raise InputError(f"Image #{index}: {image} is a URL, and images are not downloaded here: save the file "
+                             "first (e.g. curl -o image.jpg URL) and pass its path.")
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"Image #{index}: {'a folder, not an image file,' if path.is_dir() else 'no file'} at "
+                             f"{path}.")
+    elif not (isinstance(image, (Image.Image, np.ndarray)) or torch.is_tensor(image)):
+        raise InputError(f"Image #{index} is of type {type(image).__name__}; {IMAGE_KINDS}.")
+
+
+def image_items(images: Any) -> list:
+    """The images in ``images``, one per item: a list or tuple, a 4-d array or tensor (a batch: BxCxHxW or
+    BxHxWxC), or a single image (a 2-d or 3-d array or tensor, a PIL image, a path)."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("No image given: the list is empty.")
+        return list(images)
+    if isinstance(images, np.ndarray) or torch.is_tensor(images):
+        if images.ndim == 4:
+            return list(images)
+        if images.ndim not in (2, 3):
+            raise InputError(f"The image array or tensor has shape {tuple(images.shape)}; {IMAGE_KINDS}.")
+    return [images]
+
+
 def image_size(image: Any) -> tuple[int, int] | None:
-    """(width, height) of an image given as a PIL image, an HxW(xC) array or a readable file; None otherwise
-    (tensors are already preprocessed, unreadable files are reported when they are explained)."""
+    """(width, height) of an image, upright, given as a PIL image, an HxW(xC) or CxHxW array or a readable file;
+    None otherwise (tensors, which may be preprocessed, and files that are not readable images: those are
+    reported when they are explained)."""
     if isinstance(image, Image.Image):
-        return image.size
-    if isinstance(image, np.ndarray) and image.ndim >= 2:
-        channels_first = image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4)
-        height, width = image.shape[1:3] if channels_first else image.shape[:2]
+        return _upright_size(image)
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        height, width = image.shape[1:3] if channels_first(image.shape) else image.shape[:2]
         return int(width), int(height)
     if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
         try:
             with Image.open(image) as opened:
-                return opened.size
+                size = _upright_size(opened)
+                opened.draft("RGB", (1, 1))  # JPEG: decode at the smallest scale, which still reads every byte
+                opened.load()
+                return size
         except Exception:  # noqa: BLE001 - unreadable files are reported by to_rgb with their path
             return None
     return None
 
 
+def channels_first(shape: tuple[int, ...]) -> bool:
+    """Whether an image array or tensor of ``shape`` is CxHxW (C = 1, 3 or 4) rather than HxW or HxWxC."""
+    return len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if image.getexif().get(ORIENTATION) in _ROTATED else (width, height)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (a phone photo taken sideways), or itself when it has none."""
+    if image.getexif().get(ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def _open(path: Path, index: int) -> Image.Image:
-    """The image in ``path``, decoded now: PIL opens lazily, so a broken file would otherwise fail later, deep
-    inside a processor."""
-    if not path.is_file():
-        raise InputError(f"Image #{index}: no file at {path}.")
+    """The image in ``path``, decoded now (PIL opens lazily, so a broken file would otherwise fail later, deep
+    inside a processor) and upright."""
     Image.MAX_IMAGE_PIXELS = None  # we downscale huge images ourselves in to_rgb
     try:
         image = Image.open(path)
     except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
         raise _unreadable(index, path, error) from error
     image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
-    return _decoded(image, index, path)
+    return _upright(_decoded(image, index, path))
 
 
 def _decoded(image: Image.Image, index: int, path: Any = None) -> Image.Image:
@@ -120,13 +173,18 @@ def _rescale(data: np.ndarray) -> np.ndarray:
 
 def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
     if array.size == 0:
-        raise InputError(f"Image #{index} is an empty array.")
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channels-first
+        raise InputError(f"Image #{index} is an empty array (shape {array.shape}).")
+    if channels_first(array.shape):
+        array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise InputError(f"Image #{index} has shape {array.shape}; expected HxW, HxWx3 or HxWx4.")
+        raise InputError(f"Image #{index} has shape {tuple(array.shape)}; {IMAGE_KINDS}.")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"Image #{index} is an array of {array.dtype}; pixels must be numbers.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InputError(f"Image #{index} has NaN or infinite pixels ({int((~np.isfinite(array)).sum())} of "
+                         f"{array.size} values): there is no image to read. Check how the array was made.")
     data = array if array.dtype == np.uint8 else _rescale(array)
     return Image.fromarray(data)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import logging
 import os
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 from .adapters import supported_families
-from .errors import ModelLoadError, UnsupportedModelError
+from .errors import ModelLoadError, UnsupportedModelError, warn
 
 _OFFLINE_HINT = (
     "If this machine is offline, download the model once where there is network "
@@ -134,6 +134,7 @@ def _describe_folder_failure(name: str, error: BaseException) -> str:
 
 
 def _load_huggingface(name: str, kwargs: dict[str, Any], describe):
+    from safetensors import SafetensorError
     from transformers import (AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification,
                               AutoTokenizer)
     from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
@@ -163,8 +164,19 @@ def _load_huggingface(name: str, kwargs: dict[str, Any], describe):
             + "\n  - ".join(supported_families()))
     except (ModelLoadError, UnsupportedModelError, TypeError):
         raise
+    except SafetensorError as error:
+        raise ModelLoadError(_damaged_weights(name, error)) from error
     except (OSError, ValueError) as error:
         raise ModelLoadError(describe(name, error)) from error
+
+
+def _damaged_weights(name: str, error: Exception) -> str:
+    """What to say when a weights file cannot be read: the files, for a local folder."""
+    folder = Path(name).expanduser()
+    files = sorted(str(path) for path in folder.glob("*.safetensors")) if folder.is_dir() else []
+    where = ", ".join(files) if files else f"the .safetensors weights of {name!r}"
+    return (f"Could not read the weights in {where}: the file is damaged or incomplete ({error}). Copy or "
+            "download it again, or save the model again with model.save_pretrained(folder).")
 
 
 def _classifier(auto_class: Any, name: str, kwargs: dict[str, Any]):
@@ -175,11 +187,9 @@ def _classifier(auto_class: Any, name: str, kwargs: dict[str, Any]):
                                                              for key in info.get("mismatched_keys") or ())
     if fresh:
         saved = ", ".join(model.config.architectures or []) or "an unnamed architecture"
-        warnings.warn(
-            f"RANDOM CLASSIFIER: {name!r} ({saved}) has no trained weights for {', '.join(fresh)}; transformers "
-            f"initialised them at random, so {type(model).__name__}'s predictions, and every explanation of "
-            "them, are meaningless. Load a checkpoint fine-tuned for classification, or fine-tune this one first.",
-            stacklevel=5)
+        warn(f"RANDOM CLASSIFIER: {name!r} ({saved}) has no trained weights for {', '.join(fresh)}; transformers "
+             f"initialised them at random, so {type(model).__name__}'s predictions, and every explanation of "
+             "them, are meaningless. Load a checkpoint fine-tuned for classification, or fine-tune this one first.")
     return model
 
 
@@ -195,10 +205,10 @@ def _image_processor(name: str, config: Any):
     size = config.image_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     processor = ViTImageProcessor(size={"height": height, "width": width})
-    warnings.warn(f"{name!r} has no image processor (preprocessor_config.json): using ViTImageProcessor, "
-                  f"resizing to {height}x{width} and normalising with mean={processor.image_mean}, "
-                  f"std={processor.image_std}. If the model was trained with other preprocessing, save its "
-                  "processor next to the weights: processor.save_pretrained(folder).", stacklevel=5)
+    warn(f"{name!r} has no image processor (preprocessor_config.json): using ViTImageProcessor, resizing to "
+         f"{height}x{width} and normalising with mean={processor.image_mean}, std={processor.image_std}. If the model "
+         "was trained with other preprocessing, save its processor next to the weights: "
+         "processor.save_pretrained(folder).")
     return processor
 
 
@@ -254,7 +264,7 @@ def load_open_clip(name: str, pretrained: str | None = "openai", **kwargs: Any):
                                  "or None for random weights.")
     downloads = name.startswith("hf-hub:") or (pretrained and not Path(pretrained).is_file())
     try:
-        with hub_access() if downloads else contextlib.nullcontext() as offline:
+        with hub_access() if downloads else contextlib.nullcontext() as offline, _root_errors_silenced():
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
             tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError) as error:
@@ -269,6 +279,19 @@ def load_open_clip(name: str, pretrained: str | None = "openai", **kwargs: Any):
             "or pretrained=None for random weights."
         ) from error
     return model.eval(), (preprocess, tokenizer)
+
+
+@contextlib.contextmanager
+def _root_errors_silenced() -> Iterator[None]:
+    """Without the ``ERROR:root`` lines open_clip logs before it raises: the toolkit's own error says the same,
+    with what to do."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def guess_source(name: str) -> str:

@@ -8,7 +8,6 @@ visible as an even tint instead of being stretched into false contrast, and the 
 from __future__ import annotations
 
 import html
-import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -16,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import InputError
+from .errors import InputError, warn
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
              "turbo": cv2.COLORMAP_TURBO, "hot": cv2.COLORMAP_HOT}
@@ -124,7 +123,7 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAU
     scale = colour_scale(heatmap)
     _colours(np.zeros(1, np.float32), scale, colormap)  # an unknown name fails before any work
     if scale.flat:
-        warnings.warn(f"The heatmap is flat ({scale.caption}); it has no pattern to show.", stacklevel=2)
+        warn(f"The heatmap is flat ({scale.caption}); it has no pattern to show.")
     image = np.asarray(image, dtype=np.uint8)
     height, width = image.shape[:2]
     strengths, inside = _resample(scale.strengths(heatmap), height, width, crop_box)

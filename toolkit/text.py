@@ -2,11 +2,14 @@
 words, so that relevance can be read per word."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+from typing import Any, Iterator
 
-from .errors import warn
+from .errors import InputError, warn
 
 _WORD_START_MARKS = ("▁", "Ġ")
+NAMED_DROPPED_WORDS = 30  # a cut text's warning quotes at most this many of the words left out
 
 
 def group_words(tokens: list[str], special: list[bool], *, word_ids=None, sequence_ids=None, offsets=None,
@@ -106,28 +109,60 @@ def read_texts(tokenizer: Any, firsts: list[str], seconds: list[str] | None = No
     the text returned is the part read (a pair for sentence pairs). Words the tokenizer reads as its unknown
     token are named in a warning too. Messages call the texts ``what #i`` from ``first_index``.
     """
-    read = []
-    for index, (parts, ids) in enumerate(zip(_parts(firsts, seconds), tokenizer(
-            firsts, seconds, add_special_tokens=add_special_tokens)["input_ids"]), start=first_index):
-        name = f"{what} #{index}"
-        if len(ids) > limit:
-            parts, dropped = _cut(tokenizer, parts, limit, add_special_tokens)
-            warn_cut(name, len(ids), limit, dropped)
-        unknown = _unknown_words(tokenizer, parts)
-        if unknown:
-            warn(f"{name}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in the model's "
-                 f"vocabulary and read as {tokenizer.unk_token}: the model cannot tell "
-                 f"{'it' if len(unknown) == 1 else 'them'} from any other unknown word. Use words it knows.")
-        read.append(parts[0] if seconds is None else parts)
-    return read
+    with no_length_notice():
+        return [_read_text(tokenizer, parts, ids, limit, f"{what} #{index}", add_special_tokens, seconds is None)
+                for index, (parts, ids) in enumerate(zip(_parts(firsts, seconds), tokenizer(
+                    firsts, seconds, add_special_tokens=add_special_tokens)["input_ids"]), start=first_index)]
+
+
+def _read_text(tokenizer: Any, parts: tuple[str, ...], ids: list[int], limit: int, name: str,
+               add_special_tokens: bool, single: bool) -> Any:
+    """One text (or pair) of :func:`read_texts`, tokenised as ``ids``."""
+    if len(ids) > limit:
+        parts, dropped = _cut(tokenizer, parts, limit, add_special_tokens)
+        warn_cut(name, len(ids), limit, dropped)
+    unknown = _unknown_words(tokenizer, parts)
+    if unknown:
+        warn(f"{name}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not in the model's "
+             f"vocabulary and read as {tokenizer.unk_token}: the model cannot tell "
+             f"{'it' if len(unknown) == 1 else 'them'} from any other unknown word. Use words it knows.")
+    return parts[0] if single else parts
 
 
 def warn_cut(name: str, length: int, limit: int, dropped: str) -> None:
     """Warn that ``name``, ``length`` tokens long, is cut to the model's ``limit``, ``dropped`` being the words
     left out (quoted; empty when not known)."""
     warn(f"{name} is {length} tokens long but the model reads at most {limit}: it is cut to {limit} and "
-         f"{dropped or 'its last tokens'} {'is' if dropped else 'are'} left out (neither read nor explained). "
+         f"{dropped or 'its last tokens'} {'is' if dropped and not dropped.endswith(' words') else 'are'} left out "
+         "(neither read nor explained). "
          "Shorten it to keep every word.")
+
+
+def require_text(text: Any, name: str) -> None:
+    """Refuse ``text`` unless it is a non-empty string; ``name`` says which argument it is."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{name} must be a non-empty string, got {text!r}.")
+
+
+@contextlib.contextmanager
+def no_length_notice() -> Iterator[None]:
+    """Without transformers' "Token indices sequence length is longer than ..." log line: the toolkit tokenises
+    texts in full on purpose, to measure them, and says itself what it cuts."""
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _quoted(words: str) -> str:
+    """``words`` quoted, at most :data:`NAMED_DROPPED_WORDS` of them, then how many more there are."""
+    split = words.split()
+    if len(split) <= NAMED_DROPPED_WORDS:
+        return repr(words)
+    return f"{' '.join(split[:NAMED_DROPPED_WORDS]) + ' …'!r} and {len(split) - NAMED_DROPPED_WORDS:,} more words"
 
 
 def _parts(firsts: list[str], seconds: list[str] | None) -> list[tuple[str, ...]]:
@@ -150,12 +185,12 @@ def _cut(tokenizer: Any, parts: tuple[str, ...], limit: int, add_special_tokens:
             start, end = (spans[0][0], spans[-1][1]) if spans else (edge, edge)
             kept.append(text[start:] if left else text[:end])
             dropped.append(" ".join(piece.strip() for piece in (text[:start], text[end:]) if piece.strip()))
-        return tuple(kept), " / ".join(repr(words) for words in dropped if words)
+        return tuple(kept), " / ".join(_quoted(words) for words in dropped if words)
     if len(parts) > 1:
         return parts, ""
     ids = tokenizer(parts[0], add_special_tokens=False)["input_ids"]
     kept_count = len(ids) - (len(tokenizer(parts[0], add_special_tokens=add_special_tokens)["input_ids"]) - limit)
-    return (tokenizer.decode(ids[:kept_count]).strip(),), repr(tokenizer.decode(ids[kept_count:]).strip())
+    return (tokenizer.decode(ids[:kept_count]).strip(),), _quoted(tokenizer.decode(ids[kept_count:]).strip())
 
 
 def _unknown_words(tokenizer: Any, parts: tuple[str, ...]) -> list[str]:

@@ -30,6 +30,10 @@ class ZeroShotTextClassifier(nn.Module):
         super().__init__()
         if not labels:
             raise InputError("A zero-shot classifier needs at least one label.")
+        for name, description in labels.items():
+            if not isinstance(description, str) or not description.strip():
+                raise InputError(f"Label {name!r} needs a description, a non-empty string the texts are compared "
+                                 f"with; got {description!r}.")
         self.encoder = encoder.eval()
         self.config = encoder.config
         self.config.id2label = dict(enumerate(labels))

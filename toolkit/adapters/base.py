@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ..core.capture import Recorder
 from ..core.spec import ModelSpec
+from ..errors import InputError
 from ..families import Family
 from ..labels import find_label
 
@@ -43,6 +44,20 @@ class ModelAdapter(ABC):
         self.model = model
         self.processor = processor
         self._spec: ModelSpec | None = None
+        self.check_processor()
+
+    def check_processor(self) -> None:
+        """Refuse a processor of the wrong kind (an image processor for a text model...) when the explainer is
+        built, rather than deep inside the first explanation."""
+
+    def wrong_processor(self, needed: str) -> InputError:
+        """The error for a processor of the wrong kind; ``needed`` says what the family takes."""
+        return InputError(f"{type(self.model).__name__} ({self.family}) takes {needed} as its processor; got "
+                          f"a {type(self.processor).__name__}.")
+
+    def check_inputs(self, items: list, text_pair: list | None) -> None:
+        """Checks of every input of a call that are cheap (types, empty texts, missing files), made before the
+        first batch runs; :meth:`prepare` reads and checks the rest."""
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -70,6 +85,11 @@ class ModelAdapter(ABC):
     def input_modules(self) -> list[nn.Module]:
         """Modules whose calls :meth:`input_relevance` reads."""
         return []
+
+    @property
+    def kind(self) -> str:
+        """What the model is, for messages: "a text classifier", "an image classifier"."""
+        return f"{'an' if self.modality[0] in 'aeiou' else 'a'} {self.modality} classifier"
 
     @property
     def spec(self) -> ModelSpec:

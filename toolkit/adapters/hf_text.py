@@ -3,14 +3,13 @@ padding, and the relevance of each token."""
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ..core.capture import Recorder
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..families.declaration import logits_of
 from ..text import encoded_words, group_words, read_texts, special_token_mask
 from .base import Batch, DeclaredAdapter
@@ -30,6 +29,15 @@ class TextClassifierAdapter(DeclaredAdapter):
             )
         return getattr(self.processor, "tokenizer", self.processor)
 
+    def check_processor(self) -> None:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if tokenizer is not None and not (callable(tokenizer) and hasattr(tokenizer, "convert_ids_to_tokens")):
+            raise self.wrong_processor("its tokenizer (AutoTokenizer.from_pretrained(name)), or None for "
+                                       "preprocessed input_ids,")
+
+    def check_inputs(self, items: list, text_pair: list | None) -> None:
+        _split_pairs(items, text_pair)
+
     def _accepted(self) -> set[str]:
         return set(inspect.signature(self.model.forward).parameters)
 
@@ -41,7 +49,7 @@ class TextClassifierAdapter(DeclaredAdapter):
             return self._prepare_encoded(inputs)
         firsts, seconds = _split_pairs(inputs, text_pair, first_index)
         tok = self.tokenizer
-        limit = min(tok.model_max_length, getattr(getattr(self.model, "config", None), "max_position_embeddings", 10**9))
+        limit = self.max_length()
         read = read_texts(tok, firsts, seconds, limit=limit, first_index=first_index)
         fast = getattr(tok, "is_fast", False)
         enc = tok(firsts, seconds, padding=True, truncation=True, max_length=limit, return_tensors="pt",
@@ -53,21 +61,58 @@ class TextClassifierAdapter(DeclaredAdapter):
             sample["text"] = read[i]
         return batch
 
-    def _prepare_encoded(self, encoded: Any) -> Batch:
-        encoded = {"input_ids": encoded} if torch.is_tensor(encoded) else dict(encoded)
+    def max_length(self) -> int:
+        """The most tokens the model reads: its position embeddings (less RoBERTa's offset, which starts the
+        positions after the padding index), and the tokenizer's own limit where there is a tokenizer."""
+        config = getattr(self.model, "config", None)
+        limit = getattr(config, "max_position_embeddings", None) or 10**9
+        if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
+            limit -= (config.pad_token_id or 0) + 1
+        return min(limit, self.tokenizer.model_max_length) if self.processor is not None else limit
+
+    def _input_ids(self, encoded: dict) -> torch.Tensor:
+        """The (B, N) token ids of preprocessed inputs, refused unless they are integers the model can read: ids
+        of its vocabulary, at most :meth:`max_length` of them, every other tensor of the same shape."""
         if "input_ids" not in encoded:
             raise InputError("Preprocessed text inputs need an `input_ids` tensor.")
         input_ids = torch.as_tensor(encoded["input_ids"])
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
-        if input_ids.numel() == 0 or input_ids.shape[1] == 0:
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids must be shaped (N,) or (B, N); got {tuple(input_ids.shape)}.")
+        if input_ids.numel() == 0:
             raise InputError("The input_ids tensor is empty: there is no text to explain.")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise InputError(f"input_ids are token indices, so integers; got {input_ids.dtype}. Pass the "
+                             "tokenizer's output (tokenizer(text, return_tensors='pt')), or .long() them.")
+        vocabulary = getattr(getattr(self.model, "config", None), "vocab_size", None) or 10**12
+        if self.processor is not None:
+            vocabulary = min(vocabulary, len(self.tokenizer))
+        outside = (input_ids < 0) | (input_ids >= vocabulary)
+        if bool(outside.any()):
+            row, column = (int(i) for i in outside.nonzero()[0])
+            raise InputError(f"input_ids[{row}, {column}] is {int(input_ids[row, column])}, outside the vocabulary "
+                             f"(ids 0..{vocabulary - 1}): these ids are not from this model's tokenizer.")
+        limit = self.max_length()
+        if input_ids.shape[1] > limit:
+            raise InputError(f"input_ids are {input_ids.shape[1]} tokens long but this model reads at most {limit}: "
+                             f"tokenize with truncation=True, max_length={limit}, or pass the text itself (it is "
+                             "then cut to the model's length, with a warning naming the words left out).")
+        for key, value in encoded.items():
+            if key in self._accepted() - {"input_ids"} and torch.as_tensor(value).numel() != input_ids.numel():
+                raise InputError(f"{key} has shape {tuple(torch.as_tensor(value).shape)} but input_ids have "
+                                 f"{tuple(input_ids.shape)}: pass the tokenizer's outputs together.")
+        return input_ids
+
+    def _prepare_encoded(self, encoded: Any) -> Batch:
+        encoded = {"input_ids": encoded} if torch.is_tensor(encoded) else dict(encoded)
+        input_ids = self._input_ids(encoded)
         if "attention_mask" not in encoded:
             pad = getattr(self.tokenizer, "pad_token_id", None) if self.processor is not None else None
             padded = int((input_ids == pad).sum()) if pad is not None else 0
-            warnings.warn("input_ids were given without an attention_mask: every position is treated as content, "
-                          f"padding included ({padded} padding token(s) found). Pass the tokenizer's "
-                          "attention_mask with the input_ids.", stacklevel=5)
+            warn("input_ids were given without an attention_mask: every position is treated as content, padding "
+                 f"included ({padded} padding token(s) found). Pass the tokenizer's attention_mask with the "
+                 "input_ids.")
         mask = torch.as_tensor(encoded.get("attention_mask", torch.ones_like(input_ids))).reshape(input_ids.shape)
         accepted = self._accepted()
         model_inputs = {k: torch.as_tensor(v).reshape(input_ids.shape).to(self.device)
@@ -116,6 +161,9 @@ def _split_pairs(inputs: Any, text_pair: Any, first_index: int = 0) -> tuple[lis
         items = list(zip(items, pairs))
     firsts, seconds = [], []
     for index, item in enumerate(items, start=first_index):
+        if isinstance(item, tuple) and len(item) != 2:
+            raise InputError(f"Text #{index} is a tuple of {len(item)} items: a tuple is read as a sentence pair "
+                             "(text_a, text_b). Pass several texts as a list.")
         first, second = item if isinstance(item, tuple) else (item, None)
         for part in (first, second):
             if part is not None and not isinstance(part, str):

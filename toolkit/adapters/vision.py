@@ -3,18 +3,20 @@ declares): reading pictures, the patch grid, and pixel relevance through the pat
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from ..core import lrp
 from ..core.capture import Recorder
 from ..errors import InputError, warn
 from ..families import Family, quirks
 from ..families.declaration import logits_of
-from ..images import original_geometry, to_rgb
+from ..images import channels_first, check_image, image_items, original_geometry, to_rgb
 from .base import Batch, DeclaredAdapter
 
 
@@ -36,6 +38,9 @@ class ImageClassifierAdapter(DeclaredAdapter):
     def prefix_tokens(self) -> torch.Tensor:
         """Learned tokens placed before the patches (class, distillation, register), shaped (1, P, D)."""
         return self._prefix_tokens
+
+    def check_processor(self) -> None:
+        self.processor = self.images.checked_processor(self.processor, self.wrong_processor)
 
     def preprocess(self, images: list) -> torch.Tensor:
         if self.processor is None:
@@ -65,27 +70,20 @@ class ImageClassifierAdapter(DeclaredAdapter):
     def num_prefix_tokens(self) -> int:
         return self.prefix_tokens().shape[1]
 
+    def check_inputs(self, items: list, text_pair: list | None) -> None:
+        for index, item in enumerate(items):
+            check_image(item, index)
+
     def prepare(self, inputs: Any, text_pair: Any = None, first_index: int = 0) -> Batch:
-        """A batch from images (PIL images, arrays, paths, image tensors) or preprocessed pixel_values."""
+        """A batch from images (PIL images, arrays, paths, image tensors; one, a list of them, or a 4-d array or
+        tensor) or pixel_values: a normalised float tensor of the model's input size, or any one passed as
+        ``{"pixel_values": tensor}``."""
         if text_pair is not None:
             raise InputError("An image classifier takes no text_pair.")
-        originals = []
-        if torch.is_tensor(inputs):
-            pixels = inputs.unsqueeze(0) if inputs.dim() == 3 else inputs
-            if pixels.dim() != 4 or pixels.shape[1] != 3:
-                raise InputError(f"pixel_values must be shaped (B, 3, H, W); got {tuple(inputs.shape)}.")
-            pixels = self._model_sized(pixels, first_index)
+        if isinstance(inputs, Mapping):
+            pixels, originals = self._given_pixel_values(inputs), []
         else:
-            images = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            if not images:
-                raise InputError("No image given.")
-            rgb = [to_rgb(image, i) for i, image in enumerate(images, start=first_index)]
-            pixels = self.preprocess(rgb)
-            originals = [original_geometry(image, self.processor) for image in rgb]
-            expected = self.input_size()
-            if expected is not None and tuple(pixels.shape[-2:]) != expected:
-                raise InputError(f"The processor gives {_size(pixels.shape[-2:])} images but this model reads "
-                                 f"{_size(expected)}: pass the model's own processor.")
+            pixels, originals = self._read_images(image_items(inputs), first_index)
         pixels = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
         stride = self.patch_conv().stride
         grid = (pixels.shape[2] // stride[0], pixels.shape[3] // stride[1])
@@ -98,23 +96,80 @@ class ImageClassifierAdapter(DeclaredAdapter):
             sample.update(geometry)
         return Batch({"pixel_values": pixels}, token_mask, content_mask, samples)
 
-    def _model_sized(self, pixels: torch.Tensor, first_index: int) -> torch.Tensor:
-        """A float tensor of the model's input size is its pixel_values. An integer tensor is an image: it is
-        preprocessed like an array. A float tensor of another size with no negative value (so not normalised) is
-        read as an image too, with a warning; a normalised one of another size is refused, naming the size the
-        model reads."""
-        expected, size = self.input_size(), tuple(pixels.shape[-2:])
-        if pixels.is_floating_point():
-            if expected is None or size == expected:
-                return pixels
-            if bool((pixels < 0).any()):
-                raise InputError(f"pixel_values are {_size(size)} but this model reads {_size(expected)} images: "
-                                 f"preprocess them to {_size(expected)} with the model's processor, or pass the image "
-                                 "itself (a PIL image, an array, a path or an unnormalised tensor) to have it resized.")
-            warn(f"The image tensor is {_size(size)}, not the {_size(expected)} pixel_values this model reads: it is "
-                 "read as an unprocessed image (like an array: values rescaled to 0..255) and resized by the "
-                 "model's processor.")
-        return self.preprocess([to_rgb(image, i) for i, image in enumerate(pixels, start=first_index)])
+    def _read_images(self, items: list, first_index: int) -> tuple[torch.Tensor, list[dict]]:
+        """(pixel_values, the original geometry of each image) for a list of images and pixel_values tensors."""
+        read = [self._pixel_values_or_image(item, index) for index, item in enumerate(items, start=first_index)]
+        images = [item for item in read if not torch.is_tensor(item)]
+        processed = self.preprocess(images) if images else None
+        expected = self.input_size()
+        if processed is not None and expected is not None and tuple(processed.shape[-2:]) != expected:
+            raise InputError(f"The processor gives {_size(processed.shape[-2:])} images but this model reads "
+                             f"{_size(expected)}: pass the model's own processor.")
+        queue = iter(() if processed is None else processed)
+        pixels = [item if torch.is_tensor(item) else next(queue) for item in read]
+        if len({tuple(p.shape) for p in pixels}) > 1:
+            raise InputError("The pixel_values in one call have different sizes "
+                             f"({', '.join(sorted({_size(p.shape[-2:]) for p in pixels}))}): explain them in "
+                             "separate calls.")
+        return torch.stack(pixels), [{} if torch.is_tensor(item) else original_geometry(item, self.processor)
+                                     for item in read]
+
+    def _pixel_values_or_image(self, item: Any, index: int) -> torch.Tensor | Image.Image:
+        """A tensor the model reads as it is (3xHxW), or the RGB image ``item`` holds.
+
+        An integer tensor is an image. A float 3xHxW tensor with a negative value is normalised pixel_values, which
+        must be of the model's input size. One without (what torchvision's ToTensor() gives) is an image when the
+        processor normalises, read with a warning; it is read as it is only when it is of the model's size and
+        the processor does not normalise, which makes the two readings the same. Other layouts are images."""
+        if not torch.is_tensor(item):
+            return to_rgb(item, index)
+        if not item.is_floating_point() or not channels_first(tuple(item.shape)) or item.shape[0] != 3:
+            return to_rgb(item, index)
+        if not bool(torch.isfinite(item).all()):
+            return to_rgb(item, index)  # refused there, naming the NaN pixels
+        expected, size = self.input_size(), tuple(item.shape[-2:])
+        fits = expected is None or size == expected
+        if bool((item < 0).any()):
+            if not fits:
+                raise InputError(f"Image #{index}: pixel_values are {_size(size)} but this model reads "
+                                 f"{_size(expected)} images: preprocess them to {_size(expected)} with the model's "
+                                 "processor, or pass the image itself (a PIL image, an array, a path or an "
+                                 "unnormalised tensor) to have it resized.")
+            return item
+        if fits and not self._normalises():
+            return item
+        size_note = "" if fits else f" is {_size(size)}, not the {_size(expected)} this model reads, and"
+        warn(f"Image #{index}: the float tensor{size_note} has no negative value, so it is read as an unprocessed "
+             "image, like an array (values in 0..1, as torchvision's ToTensor() gives, or in 0..255), and "
+             "preprocessed by the model's processor (resized, normalised). To have a tensor read as pixel_values "
+             'as it is, pass {"pixel_values": tensor}.')
+        return to_rgb(item, index)
+
+    def _normalises(self) -> bool:
+        """Whether the processor changes pixel values in 0..1 (a mean or std other than 0 and 1). Without a
+        processor, a tensor of the model's size is taken as prepared: it is read as it is."""
+        if self.processor is None or getattr(self.processor, "do_normalize", True) is False:
+            return False
+        mean, std = self.normalisation()
+        return not (np.allclose(mean, 0.0) and np.allclose(std, 1.0))
+
+    def _given_pixel_values(self, inputs: Mapping) -> torch.Tensor:
+        """``{"pixel_values": tensor}``: the model's input as given, (B, 3, H, W) or (3, H, W)."""
+        unknown = sorted(set(inputs) - {"pixel_values"})
+        if unknown or "pixel_values" not in inputs:
+            raise InputError(f"An image classifier takes {{'pixel_values': tensor}}; got the keys {sorted(inputs)}.")
+        pixels = torch.as_tensor(inputs["pixel_values"])
+        pixels = pixels.unsqueeze(0) if pixels.dim() == 3 else pixels
+        if pixels.dim() != 4 or pixels.shape[1] != 3 or not pixels.is_floating_point():
+            raise InputError("pixel_values must be a float tensor shaped (B, 3, H, W) or (3, H, W); got "
+                             f"{pixels.dtype} {tuple(inputs['pixel_values'].shape)}.")
+        if not bool(torch.isfinite(pixels).all()):
+            raise InputError("pixel_values hold NaN or infinite values: there is no image to read.")
+        expected = self.input_size()
+        if expected is not None and tuple(pixels.shape[-2:]) != expected:
+            raise InputError(f"pixel_values are {_size(pixels.shape[-2:])} but this model reads {_size(expected)} "
+                             "images: preprocess them with the model's processor, or pass the images themselves.")
+        return pixels
 
     def _displayable(self, pixels: torch.Tensor) -> list[np.ndarray]:
         """The images as the model saw them (after resizing and cropping), as uint8 RGB arrays."""

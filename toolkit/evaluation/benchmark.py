@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, warn
 from ..explainer import Explainer
 from ..methods import list_methods
+from ..paths import output_folder
 from ..zoo import MODULES, load, scene_captioner, scene_clip, scene_vilt, scene_vit
 from ..zoo.common import BENCHMARK_SEED, caption_objects, caption_word_objects, scene_pixels
 from ..zoo.common import scenes as held_out_scenes
@@ -402,7 +403,12 @@ def save_rows(rows: list[BenchmarkRow], folder: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow([f.name for f in fields(Comparison)])
         writer.writerows([f"{v:.5f}" if isinstance(v, float) else v for v in asdict(c).values()] for c in comparisons)
-    (folder / "benchmark.txt").write_text(format_table(rows) + "\n\n" + format_comparisons(comparisons) + "\n")
+    (folder / "benchmark.txt").write_text(format_report(rows, comparisons) + "\n")
+
+
+def format_report(rows: list[BenchmarkRow], comparisons: list[Comparison]) -> str:
+    """The table, then the paired comparisons when there are any (no baseline was run: none)."""
+    return format_table(rows) + ("\n\n" + format_comparisons(comparisons) if comparisons else "")
 
 
 # --- batch runs ----------------------------------------------------------------------------------------
@@ -444,8 +450,8 @@ class BenchmarkSettings:
             if model not in MODELS or isinstance(count, bool) or not isinstance(count, int) or count < 2:
                 raise ConfigError(f"scenes must be an int >= 2 (a confidence interval needs two values) or a "
                                   f"mapping from {list(MODELS)} to such ints; got {model}: {count!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
 
     def scenes_for(self, model: str) -> int:
         return self.scenes[model] if isinstance(self.scenes, dict) else self.scenes
@@ -481,12 +487,13 @@ def run_benchmark(settings: BenchmarkSettings) -> list[BenchmarkRow]:
     idle = {model: task for model, task in tasks.items() if not task.applicable(settings.methods)}
     if len(idle) == len(tasks):
         raise ConfigError(f"Nothing to compute: {_nothing_applies(list(idle.values()), settings.methods)}.")
+    folder = output_folder(settings.out, "the benchmark's out folder")
     if idle:
         warn(f"Left out: {_nothing_applies(list(idle.values()), settings.methods)}.")
     rows = []
     for model, task in tasks.items():
         if model not in idle:
             rows += run_task(task, held_out_scenes(settings.scenes_for(model), settings.seed), settings.methods)
-    print(format_table(rows) + "\n\n" + format_comparisons(compare_methods(rows)))
-    save_rows(rows, Path(settings.out))
+    print(format_report(rows, compare_methods(rows)))
+    save_rows(rows, folder)
     return rows

@@ -2,14 +2,13 @@
 models read pictures and name their classes (Hugging Face image processors, timm transforms)."""
 from __future__ import annotations
 
-import warnings
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch.nn as nn
 
-from ..errors import InputError
+from ..errors import InputError, warn
 
 
 def albert_shared(model: nn.Module, found: list[tuple[tuple[int, ...], str, nn.Module]]
@@ -46,9 +45,19 @@ class HuggingFaceImages:
         from transformers import ViTImageProcessor
 
         height, width = (size, size) if isinstance(size, int) else tuple(size)
-        warnings.warn(f"No image processor given: resizing to {height}x{width} and normalising with mean=std=0.5 "
-                      "(ViT's default). Pass the model's processor for exact preprocessing.", stacklevel=5)
+        warn(f"No image processor given: resizing to {height}x{width} and normalising with mean=std=0.5 "
+             "(ViT's default). Pass the model's processor for exact preprocessing.")
         return ViTImageProcessor(size={"height": height, "width": width})
+
+    def checked_processor(self, processor: Any, wrong: Callable[[str], Exception]) -> Any:
+        """The image processor to use (a multimodal processor's image part), or ``wrong(what is needed)`` raised
+        for a processor of another kind (a tokenizer...) when the explainer is built."""
+        from transformers.image_processing_utils import BaseImageProcessor
+
+        image_processor = getattr(processor, "image_processor", processor)
+        if image_processor is not None and not isinstance(image_processor, BaseImageProcessor):
+            raise wrong("its image processor (AutoImageProcessor.from_pretrained(name)), or None for ViT's default,")
+        return image_processor
 
     def normalisation(self, processor: Any) -> tuple[np.ndarray, np.ndarray]:
         mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
@@ -73,6 +82,13 @@ class TimmImages(HuggingFaceImages):
         from timm.data import resolve_data_config
 
         return resolve_data_config({}, model=self.model)
+
+    def checked_processor(self, processor: Any, wrong: Callable[[str], Exception]) -> Any:
+        if processor is not None and (not callable(processor) or hasattr(processor, "convert_ids_to_tokens")
+                                      or hasattr(processor, "preprocess")):
+            raise wrong("an image transform (timm.data.create_transform(**timm.data.resolve_data_config({}, "
+                        "model=model))), or None for the model's own,")
+        return processor
 
     def default_processor(self) -> Any:
         from timm.data import create_transform

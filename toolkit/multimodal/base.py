@@ -182,6 +182,21 @@ class MultimodalAdapter(ABC):
         return (weights * probs_row).mean(dim=1).clamp(min=0)
 
 
+def string_list(value: Any, keyword: str) -> list[str]:
+    """``value`` (a string, or a list or tuple of strings) as a list of non-empty strings; ``keyword`` names the
+    argument in errors."""
+    if value is not None and not isinstance(value, (str, list, tuple)):
+        raise InputError(f"{keyword} must be a string or a list of strings; got {value!r} "
+                         f"({type(value).__name__}).")
+    texts = [value] if isinstance(value, str) else list(value or [])
+    if not texts:
+        raise InputError(f"No {keyword} given: pass {keyword}='...' or a list of them.")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str) or not item.strip():
+            raise InputError(f"{keyword.capitalize()} #{index} is empty or not a string.")
+    return texts
+
+
 def reject_unknown(family: str, accepted: str, unknown: dict) -> None:
     if unknown:
         raise InputError(f"{family} models take {accepted}; got unexpected {sorted(unknown)}.")

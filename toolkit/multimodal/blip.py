@@ -14,9 +14,8 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts
-from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
-from .captioning import (CaptioningAdapter, patch_content, patch_layout, processor_parts, reject_start_layer,
-                         string_list)
+from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
+from .captioning import CaptioningAdapter, patch_content, patch_layout, processor_parts, reject_start_layer
 from .clip import pair_grid, shown_images
 
 

@@ -34,16 +34,6 @@ class ImageTextProcessor:
 
 
 # --- helpers shared with BLIP VQA ------------------------------------------------------------------
-def string_list(value: Any, keyword: str) -> list[str]:
-    texts = [value] if isinstance(value, str) else list(value or [])
-    if not texts:
-        raise InputError(f"No {keyword} given: pass {keyword}='...' or a list of them.")
-    for index, item in enumerate(texts):
-        if not isinstance(item, str) or not item.strip():
-            raise InputError(f"{keyword.capitalize()} #{index} is empty or not a string.")
-    return texts
-
-
 def reject_start_layer(method: Method) -> None:
     """The bi-modal rules start from the first attention layer of every stream; there is no start_layer."""
     if method.name == "generic" and method.start_layer:

@@ -12,22 +12,13 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import encoded_words, read_texts, special_token_mask, word_scores
-from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
+from .base import (AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, string_list,
+                   to_numpy)
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
     """Every (image, text) pair, image-major: explain(image=[a, b], text=[x, y]) gives ax, ay, bx, by."""
     return [(i, t) for i in range(len(images)) for t in range(len(texts))]
-
-
-def text_list(text: Any) -> list[str]:
-    texts = [text] if isinstance(text, str) else list(text or [])
-    if not texts:
-        raise InputError("No text given: pass text='a caption' or a list of texts.")
-    for index, item in enumerate(texts):
-        if not isinstance(item, str) or not item.strip():
-            raise InputError(f"Text #{index} is empty or not a string.")
-    return texts
 
 
 def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, image: Any,
@@ -36,7 +27,7 @@ def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, i
     adapter.check_method(method)
     if target is not None:
         raise InputError("CLIP explains the similarity of each (image, text) pair; `target` is not used.")
-    images, texts = adapter.images(image), text_list(text)
+    images, texts = adapter.images(image), string_list(text, "text")
     return images, texts, pair_grid(images, texts)
 
 

@@ -21,8 +21,9 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
 from ..text import read_texts
-from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, to_numpy
-from .captioning import reject_start_layer, string_list
+from .base import (AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, string_list,
+                   to_numpy)
+from .captioning import reject_start_layer
 from .clip import special_tokens
 from .vilt import answer_labels, answer_targets, check_load, chosen_answers, pair_up
 

@@ -18,8 +18,8 @@ from ..images import original_geometry
 from ..labels import find_label, ranked_labels
 from ..methods import Method
 from ..text import encoded_words, read_texts, word_scores
-from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, to_numpy
-from .captioning import processor_parts, string_list
+from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
+from .captioning import processor_parts
 from .clip import shown_images, special_tokens
 
 

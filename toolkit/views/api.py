@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..images import to_rgb
 from . import html
-from .data import AttentionStack, ImageAttention, image_attention, text_attention
+from .data import AttentionStack, ImageAttention, check_image_model, image_attention, text_attention
 from .payload import DIVERGING_LUT, image_payload, links_stack, neuron_stack
 from .static import ROW, ExportError, head_svg, image_svg, model_svg, neuron_svg, save_png
 
@@ -217,13 +218,18 @@ def neuron_view(
 
 
 def _pixel_values(image, processor) -> torch.Tensor:
-    """[1, 3, H, W] model input from an image and its processor (HF image processor or any callable)."""
+    """[1, 3, H, W] model input from an image and its processor (HF image processor or any callable); the image
+    (a PIL image of any mode, an array, a tensor or a path) is read as the explainer reads it, in RGB."""
+    processor = getattr(processor, "image_processor", processor)  # a processor of an image-text model
     if processor is None:
         pixel_values = image
+    elif not callable(processor) or hasattr(processor, "convert_ids_to_tokens"):
+        raise InputError(f"processor must be the model's image processor or transform; got a "
+                         f"{type(processor).__name__}.")
     elif hasattr(processor, "preprocess"):  # Hugging Face image processors
-        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+        pixel_values = processor(images=to_rgb(image), return_tensors="pt")["pixel_values"]
     else:  # timm / torchvision transforms
-        pixel_values = processor(image)
+        pixel_values = processor(to_rgb(image))
     if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 3:
         pixel_values = pixel_values.unsqueeze(0)
     if not isinstance(pixel_values, torch.Tensor):
@@ -251,6 +257,7 @@ def image_attention_view(model: nn.Module, image, processor=None, *, layer: int 
     ``query`` is a token index (0 is [CLS]) or a patch as (row, column). Clicking a patch in the page
     makes it the query; the thumbnails below show every layer and head for that query.
     """
+    check_image_model(model)
     attention = image_attention(model, _pixel_values(image, processor))
     payload = {"view": "image", **image_payload(attention)}
     state = {"layer": layer, "head": head, "query": query}

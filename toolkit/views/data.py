@@ -23,6 +23,7 @@ from .. import families
 from ..core.capture import Recorder
 from ..core.explicit_attention import explicit_attention
 from ..errors import InputError, UnsupportedModelError
+from ..text import no_length_notice, require_text
 
 
 @dataclass(frozen=True)
@@ -236,11 +237,6 @@ def _position_bias(modules: list[nn.Module], n_queries: int, n_keys: int) -> np.
     return None
 
 
-def _require_text(text, name: str) -> None:
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(f"{name} must be a non-empty string, got {text!r}.")
-
-
 def _check_length(model: nn.Module, n_tokens: int) -> None:
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -275,6 +271,31 @@ def _attention_model(model: nn.Module) -> nn.Module:
     return wrapped[0]
 
 
+def _text_model(model: nn.Module) -> nn.Module:
+    """The model whose attention a text view shows (see :func:`_attention_model`); image and image-text models are
+    refused, pointing to their text tower or to the image view."""
+    image_model = bool(_timm_attention_modules(model)) or getattr(model, "main_input_name", None) == "pixel_values"
+    if image_model or "pixel_values" in inspect.signature(model.forward).parameters:
+        if image_model:
+            hint = "image_attention_view shows the attention of image models"
+        elif isinstance(getattr(model, "text_model", None), nn.Module):
+            hint = "pass its text tower: head_view(model.text_model, tokenizer, text)"
+        else:
+            hint = "pass a text model"
+        raise UnsupportedModelError(f"{type(model).__name__} reads images, and the head, model and neuron views show "
+                                    f"the attention over a text alone: {hint}.")
+    return _attention_model(model)
+
+
+def _text_tokenizer(tokenizer):
+    """The tokenizer itself, also when a processor that holds one is given."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
+        raise InputError(f"The views need the model's tokenizer (AutoTokenizer.from_pretrained(name)); got "
+                         f"{'None' if tokenizer is None else 'a ' + type(tokenizer).__name__}.")
+    return tokenizer
+
+
 def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None = None, *, with_neurons: bool = False) -> list[AttentionStack]:
     """Every attention stack of ``model`` on the text.
 
@@ -282,21 +303,24 @@ def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None 
     read ``text_a`` in the encoder and ``text_b`` in the decoder, which is then required. A wrapper whose forward
     returns no attention (the zero-shot classifier) is shown through the Hugging Face model it wraps.
     """
-    model = _attention_model(model)
-    _require_text(text_a, "text_a")
+    model = _text_model(model)
+    tokenizer = _text_tokenizer(tokenizer)
+    require_text(text_a, "text_a")
     if text_b is not None:
-        _require_text(text_b, "text_b")
+        require_text(text_b, "text_b")
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
         if text_b is None:
             raise InputError("Encoder-decoder models need the decoder's text too: pass it as text_b.")
-        source = tokenizer(text_a, return_tensors="pt")
-        target = tokenizer(text_b, return_tensors="pt")
+        with no_length_notice():
+            source = tokenizer(text_a, return_tensors="pt")
+            target = tokenizer(text_b, return_tensors="pt")
         inputs = {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"], "decoder_input_ids": target["input_ids"]}
         sides = {"input": source["input_ids"][0], "target": target["input_ids"][0]}
         b_start = None
     else:
-        encoding = tokenizer(text_a, text_b, return_tensors="pt")
+        with no_length_notice():
+            encoding = tokenizer(text_a, text_b, return_tensors="pt")
         accepted = inspect.signature(model.forward).parameters
         inputs = {key: value for key, value in encoding.items() if key in accepted}
         sides = {"input": encoding["input_ids"][0]}
@@ -353,6 +377,21 @@ def _display_pixels(pixel_values: torch.Tensor) -> np.ndarray:
     high = image.amax(dim=(1, 2), keepdim=True)
     scaled = (image - low) / (high - low).clamp_min(1e-6)
     return (scaled * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def check_image_model(model: nn.Module) -> None:
+    """Refuse a model that is not a Vision Transformer (a timm ViT, or a Hugging Face model that reads
+    pixel_values alone), pointing to the vision tower of an image-text model."""
+    layout = families.layout_for(model)
+    if (layout is not None and layout.family.inputs == "image") or _timm_attention_modules(model) \
+            or getattr(model, "main_input_name", None) == "pixel_values":
+        return
+    towers = [name for name, child in model.named_children()
+              if getattr(child, "main_input_name", None) == "pixel_values"]
+    hint = (f" Pass its vision tower: image_attention_view(model.{towers[0]}, image, processor)." if towers
+            else "")
+    raise UnsupportedModelError(f"image_attention_view shows the attention of a Vision Transformer (Hugging Face "
+                                f"ViT or DeiT, timm ViT); {type(model).__name__} is not one.{hint}")
 
 
 def _declared_image_attention(layout: families.Layout, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 
 from ..explainer import Explainer
 from ..explanation import Explanation
+from ..text import require_text
 from ..zero_shot import ZeroShotTextClassifier, bundled_minilm_path
 
 NAME = "minilm-similarity"
@@ -38,6 +39,8 @@ def explain_similarity(first: str, second: str, method: str = "generic",
     """Token relevance of ``first`` for its similarity to ``second``, and of ``second`` for its similarity to
     ``first``. Each Explanation's ``similarity`` is the cosine and ``text`` the other sentence (its
     ``probability`` is 1: there is one logit). The encoder is loaded from the package unless given."""
+    require_text(first, "first")
+    require_text(second, "second")
     if encoder is None:
         encoder, tokenizer = load_minilm()
     explanations = []
