@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..core.capture import Recorder
 from ..core.spec import LayerSpec, ModelSpec
 from ..errors import InputError, UnsupportedModelError
-from ..text import encoded_words, group_words, read_texts, special_token_mask
+from ..text import encoded_words, group_words, read_texts, special_token_mask, unknown_token_mask
 from .base import Batch, ModelAdapter
 
 
@@ -60,7 +60,7 @@ class HFSequenceClassifierAdapter(ModelAdapter):
         batch = self._prepare_encoded(enc)
         for i, sample in enumerate(batch.samples):
             sample.update(encoded_words(enc, i, sample["length"], sample["special"],
-                                        (firsts[i], seconds[i] if seconds else None)))
+                                        (firsts[i], seconds[i] if seconds else None), sample.get("unknown")))
             sample["text"] = read[i]
         return batch
 
@@ -94,7 +94,8 @@ class HFSequenceClassifierAdapter(ModelAdapter):
             special = special_token_mask(tok, ids) if tok else [False] * len(ids)
             sample = {"tokens": tokens, "special": special, "length": len(ids)}
             if tok:
-                sample.update(group_words(tokens, special, tokenizer=tok))
+                sample["unknown"] = unknown_token_mask(tok, ids)
+                sample.update(group_words(tokens, special, tokenizer=tok, unknown=sample["unknown"]))
             samples.append(sample)
             padded = torch.zeros_like(valid)
             padded[valid] = torch.tensor(special, dtype=torch.bool)
