@@ -7,8 +7,11 @@ import re
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from toolkit import Explainer, Explanation, zoo
-from toolkit.cli import main
+from toolkit.cli import _strongest_context, main
+from toolkit.explanation import CaptionStep
 from toolkit.scenes import generate_scenes
 
 
@@ -72,8 +75,15 @@ def test_captioner_generates_or_explains_a_given_caption(capsys, tmp_path, scene
     assert generated.caption and f"caption {generated.caption!r}" in printed
     token_lines = [line for line in printed.splitlines() if re.match(r"\s+\S+ p=\d\.\d{3}  image peak at patch", line)]
     assert [line.split()[0] for line in token_lines] == [step.token for step in generated.steps]
+    # Every step drawn on one scale (a token that hardly rests on the image looks nearly empty), and the page
+    # shows the caption's tokens.
+    scale = generated.caption_scale()
     for number in range(len(generated.steps)):
-        assert (tmp_path / "a" / f"explanation_000_token{number:02d}.png").is_file()
+        drawn = Image.open(tmp_path / "a" / f"explanation_000_token{number:02d}.png")
+        expected = generated.caption_step(number).overlay(colour_bar=True, scale=scale)
+        np.testing.assert_array_equal(np.asarray(drawn), np.asarray(expected))
+    page = (tmp_path / "a" / "index.html").read_text()
+    assert all(f">{step.token}</span>" in page for step in generated.steps) and "caption_step(i)" in page
 
     caption = "a green triangle below a blue cross"
     code, printed, _ = run(capsys, "--model", "captioner", "--image", scene_files[0], "--caption", caption,
@@ -88,6 +98,32 @@ def test_builtin_vit_by_name(capsys, tmp_path, scene_files):
     assert code == 0
     [exp] = saved(tmp_path, 1)
     assert exp.label in zoo.recipe("vit").CLASSES and f"predicted/target: {exp.label}" in printed
+    heading = re.search(r'<table class="heading".*?</table>', (tmp_path / "index.html").read_text()).group(0)
+    for key, value in {"Image": scene_files[1], **exp.heading()}.items():  # the text pages' heading table
+        assert f">{key}</th><td style=\"padding:0\">{value}</td>" in heading
+
+
+@pytest.mark.filterwarnings("ignore:Image #0 is 300x200")
+def test_image_overlays_on_the_original_image(capsys, tmp_path, scene_files):
+    wide = tmp_path / "wide.png"
+    Image.open(scene_files[0]).resize((300, 200)).save(wide)
+    code, _, _ = run(capsys, "--model", "vit", "--image", str(wide), "--on-original", "--out", str(tmp_path / "vit"))
+    [exp] = saved(tmp_path / "vit", 1)
+    drawn = np.asarray(Image.open(tmp_path / "vit" / "explanation_000.png"))
+    assert code == 0 and drawn.shape[1] == 300  # the image as given, not the model's 64x64 view
+    np.testing.assert_array_equal(drawn, np.asarray(exp.overlay(on="original", colour_bar=True)))
+    code, _, _ = run(capsys, "--model", "clip", "--image", str(wide), "--text", "a red circle", "--on-original",
+                     "--out", str(tmp_path / "clip"))
+    [exp] = saved(tmp_path / "clip", 1)
+    assert code == 0 and Image.open(tmp_path / "clip" / "explanation_000.png").width == 300
+
+
+def test_strongest_earlier_token_when_every_value_is_zero():
+    step = CaptionStep(token="cross", token_id=1, log_prob=0.0, heatmap=np.zeros((2, 2), np.float32),
+                       text_scores=np.zeros(3, np.float32), text_tokens=["[CLS]", "red", "cross"])
+    assert _strongest_context(step) == "strongest earlier token: none (all zero)"
+    step.text_scores[1] = 0.02
+    assert _strongest_context(step) == "strongest earlier token: red (+0.020)"
 
 
 def test_open_clip_with_random_weights(capsys, tmp_path, scene_files):

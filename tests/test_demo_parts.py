@@ -309,6 +309,22 @@ def test_caption_step_is_one_tokens_explanation(scenes):
         exp.caption_step(99)
 
 
+def test_caption_gallery_draws_every_step_on_one_scale(scenes, tmp_path):
+    handlers = Handlers(DemoConfig(), outputs=display.OutputFolders(tmp_path))
+    scene = scenes[0]
+    state = handlers.explain_caption(DemoConfig().captioning[0].display, scene.image, True, scene.captions[0],
+                                     "generic", "(none)")[-1]
+    [exp], [pictures] = state["exps"], state["steps"]
+    scale = exp.caption_scale()
+    differs = 0
+    for index, shown in enumerate(pictures):
+        step, truth = exp.caption_step(index), state["truths"].get(index)
+        drawn = np.asarray(Image.open(shown.picture))
+        np.testing.assert_array_equal(drawn, np.asarray(display.overlay_image(step, truth, scale)))
+        differs += not np.array_equal(drawn, np.asarray(display.overlay_image(step, truth)))
+    assert differs >= len(pictures) - 1  # each but the strongest step is drawn weaker than on its own scale
+
+
 # --- the Space export and the CLI entries ---------------------------------------------------------------
 def test_export_space_writes_a_complete_space(tmp_path):
     config = parse_config({"text": ["minilm-zero-shot", "distilbert-base-uncased-finetuned-sst-2-english"],

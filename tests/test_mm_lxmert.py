@@ -204,4 +204,5 @@ def test_region_overlay_paints_each_pixel_with_its_most_relevant_box():
     painted = np.asarray(render.region_overlay(np.zeros((20, 30, 3), np.uint8), boxes, relevance, alpha=1.0))
     top, overlap, lower, outside = painted[2, 2], painted[7, 7], painted[15, 20], painted[15, 2]
     assert (top == overlap).all() and not (top == lower).all() and not (lower == outside).all()
-    np.testing.assert_array_equal(outside, [0, 0, 0])  # no box: zero relevance leaves the image as it is
+    # No box: zero relevance leaves the image as overlays show it (muted: black lightened to a dark grey).
+    np.testing.assert_array_equal(outside, [round(255 * render.MUTED_LIGHTENING)] * 3)

@@ -16,6 +16,17 @@ from toolkit import Explainer, Explanation, InputError, render
 from toolkit.cli import _bars
 
 GREY = np.full((40, 60, 3), 128, dtype=np.uint8)
+# What overlays paint on: the image's luminance (BT.601) mixed with MUTED_LIGHTENING of white.
+LIGHTENING = render.MUTED_LIGHTENING
+
+
+def _muted(rgb) -> np.ndarray:
+    grey = np.asarray(rgb, dtype=float) @ np.array([0.299, 0.587, 0.114])
+    return grey * (1 - LIGHTENING) + 255 * LIGHTENING
+
+
+MUTED_GREY = float(_muted([128, 128, 128]))  # 159.75
+BASE = int(MUTED_GREY + 0.5)  # the grey image under zero relevance, as an 8-bit value
 
 
 def _overlay(heatmap, **kwargs) -> np.ndarray:
@@ -44,11 +55,11 @@ def test_zero_relevance_leaves_the_image_untouched_whatever_the_sign_balance():
     heatmap = np.zeros((4, 6), np.float32)
     heatmap[1, 1], heatmap[2, 4] = 1.0, -0.2  # mostly positive: min-max painted the zero background mid-range
     painted = _overlay(heatmap, alpha=1.0)
-    assert (painted[38, 2] == 128).all() and (painted[2, 58] == 128).all()  # corners: zero relevance
+    assert (painted[38, 2] == BASE).all() and (painted[2, 58] == BASE).all()  # corners: zero relevance
     positive, negative = painted[15, 15], painted[25, 45]
-    assert positive[0] > 128 > positive[2] and negative[2] > 128 > negative[0]  # red and blue
+    assert positive[0] > BASE > positive[2] and negative[2] > BASE > negative[0]  # red and blue
     only_negative = _overlay(-heatmap, alpha=1.0)  # the same map with the signs swapped
-    assert (only_negative[38, 2] == 128).all() and only_negative[15, 15][2] > 128 > only_negative[15, 15][0]
+    assert (only_negative[38, 2] == BASE).all() and only_negative[15, 15][2] > BASE > only_negative[15, 15][0]
 
 
 def _blocks(row: list[float]) -> np.ndarray:
@@ -59,10 +70,10 @@ def _blocks(row: list[float]) -> np.ndarray:
 def test_signed_scale_is_symmetric_and_non_negative_scale_starts_at_zero():
     painted = _overlay(_blocks([1.0, -1.0, 0.5]), alpha=0.8)
     red, blue, half = painted[20, 10], painted[20, 30], painted[20, 50]
-    # Blending: image * (1 - a) + colour * a with a = alpha * |value| / max |value|.
-    np.testing.assert_allclose(red, 128 * 0.2 + np.array(render.POSITIVE_RGB) * 0.8, atol=1)
-    np.testing.assert_allclose(blue, 128 * 0.2 + np.array(render.NEGATIVE_RGB) * 0.8, atol=1)
-    np.testing.assert_allclose(half, 128 * 0.6 + np.array(render.POSITIVE_RGB) * 0.4, atol=1)
+    # Blending: muted image * (1 - a) + colour * a with a = alpha * |value| / max |value|.
+    np.testing.assert_allclose(red, MUTED_GREY * 0.2 + np.array(render.POSITIVE_RGB) * 0.8, atol=1)
+    np.testing.assert_allclose(blue, MUTED_GREY * 0.2 + np.array(render.NEGATIVE_RGB) * 0.8, atol=1)
+    np.testing.assert_allclose(half, MUTED_GREY * 0.6 + np.array(render.POSITIVE_RGB) * 0.4, atol=1)
     # A common offset stays visible (half strength here), where min-max scaling would have erased it.
     painted = _overlay(_blocks([0.5, 1.0, 1.0]), alpha=0.8)
     np.testing.assert_allclose(painted[20, 10], half, atol=1)
@@ -76,13 +87,13 @@ def test_near_constant_map_is_flat_not_stretched_and_says_so():
     assert np.ptp(painted.reshape(-1, 3), axis=0).max() <= 1  # every pixel the same colour (min-max: 0..255)
     with pytest.warns(UserWarning, match="flat"):
         untouched = _overlay(np.zeros((8, 8)))
-    assert (untouched == 128).all()
+    assert (untouched == BASE).all()
 
 
 def test_colormap_and_alpha_arguments():
     heatmap = np.array([[0.0, 1.0]], np.float32)
     jet = _overlay(heatmap, colormap="jet", alpha=1.0)
-    assert (jet[20, 2] == 128).all()  # zero stays the photo with an OpenCV map too
+    assert (jet[20, 2] == BASE).all()  # zero stays the (muted) photo with an OpenCV map too
     np.testing.assert_array_equal(jet[20, 58], [128, 0, 0])  # jet's top colour, fully opaque
     signed_jet = _overlay(np.array([[-1.0, 1.0]]), colormap="jet", alpha=1.0)
     np.testing.assert_array_equal(signed_jet[20, 2], [0, 0, 128])  # -peak: jet's bottom; +peak: its top
@@ -121,9 +132,66 @@ def test_region_overlay_paints_boxes_from_zero_with_their_sign():
     top, overlap, lower, negative, outside = painted[2, 2], painted[7, 7], painted[15, 20], painted[5, 50], painted[35, 5]
     np.testing.assert_array_equal(top, render.POSITIVE_RGB)
     np.testing.assert_array_equal(overlap, top)  # the highest relevance covering the pixel
-    np.testing.assert_allclose(lower, (128 + np.array(render.POSITIVE_RGB)) / 2, atol=1)
+    np.testing.assert_allclose(lower, (MUTED_GREY + np.array(render.POSITIVE_RGB)) / 2, atol=1)
     np.testing.assert_array_equal(negative, render.NEGATIVE_RGB)
-    np.testing.assert_array_equal(outside, [128, 128, 128])  # no box: no relevance, no colour
+    np.testing.assert_array_equal(outside, [BASE] * 3)  # no box: no relevance, no colour
+
+
+def test_relevance_on_a_red_object_stands_out_from_the_unpainted_overlay():
+    """Scene 11's red square is (220, 45, 45), the paint (220, 38, 38): on the photo's own colours a map on the
+    square looked the same as an empty map. On the muted image the paint is the only red."""
+    from toolkit.scenes import generate_scene
+
+    scene = generate_scene(11, size=64)
+    mask = next(o for o in scene.objects if o.colour == "red").mask
+    image = np.asarray(scene.image)
+    painted = np.asarray(render.heatmap_overlay(image, mask.astype(np.float32))).astype(int)
+    with pytest.warns(UserWarning, match="flat"):
+        unpainted = np.asarray(render.heatmap_overlay(image, np.zeros(mask.shape, np.float32))).astype(int)
+    np.testing.assert_allclose(unpainted, np.repeat(_muted(image)[..., None], 3, axis=-1), atol=1)  # grey
+    change = np.abs(painted - unpainted).sum(axis=-1)
+    assert change[mask].min() > 100 and (change[~mask] == 0).all()  # the map is all on the square
+    assert (painted[mask][:, 0] - painted[mask][:, 1]).min() > 80  # red there, and only there
+    # Blue relevance on a blue object, and a reddish photo under a map with nothing on it.
+    blue = np.zeros((20, 20, 3), np.uint8)
+    blue[5:15, 5:15] = render.NEGATIVE_RGB
+    square = np.zeros((20, 20), np.float32)
+    square[5:15, 5:15] = -1.0
+    on_blue = np.asarray(render.heatmap_overlay(blue, square)).astype(int)
+    with pytest.warns(UserWarning, match="flat"):
+        blue_unpainted = np.asarray(render.heatmap_overlay(blue, np.zeros_like(square))).astype(int)
+    assert np.abs(on_blue - blue_unpainted)[5:15, 5:15].sum(-1).min() > 100
+    reddish = np.dstack([np.full((8, 8), 200), np.arange(64).reshape(8, 8), np.full((8, 8), 40)]).astype(np.uint8)
+    with pytest.warns(UserWarning, match="flat"):
+        plain = np.asarray(render.heatmap_overlay(reddish, np.zeros((2, 2), np.float32))).astype(int)
+    assert (plain[..., 0] == plain[..., 1]).all() and (plain[..., 1] == plain[..., 2]).all()
+
+
+def test_negligible_negative_values_keep_the_scale_sequential():
+    noisy, clean = np.array([[-1e-9, 0.5], [0.25, 0.0]]), np.array([[0.0, 0.5], [0.25, 0.0]])
+    scale = render.colour_scale(noisy)
+    assert not scale.signed and scale.ends == (0.0, 0.5) and "negligible negative values" in scale.caption
+    np.testing.assert_array_equal(_overlay(noisy), _overlay(clean))  # no blue, same strengths
+    np.testing.assert_array_equal(np.asarray(render.colour_bar(scale)),
+                                  np.asarray(render.colour_bar(render.colour_scale(clean))))
+    assert "0 in the middle" not in render.scores_html(["a", "b"], np.array([-1e-9, 0.5]))
+    # Beyond SIGNED_SHARE of the peak, the negative part is real: a diverging scale.
+    assert render.colour_scale(np.array([-0.01, 0.5])).signed and render.colour_scale(np.array([-0.5, 0.1])).signed
+
+
+def test_maps_drawn_on_one_shared_scale_keep_their_relative_strength():
+    strong, weak = _blocks([0.064, 0.0, 0.0]), _blocks([1.25e-6, 0.0, 0.0])
+    shared = render.shared_colour_scale([strong, weak])
+    assert shared.peak == pytest.approx(0.064) and not shared.signed
+    alone = _overlay(weak, alpha=1.0)  # its own scale: a 1e-6 map painted at full strength
+    np.testing.assert_array_equal(alone[20, 10], render.POSITIVE_RGB)
+    together = _overlay(weak, alpha=1.0, scale=shared)
+    assert np.abs(together - BASE).max() <= 1  # on the shared scale it is (nearly) empty
+    np.testing.assert_array_equal(_overlay(strong, alpha=1.0, scale=shared)[20, 10], render.POSITIVE_RGB)
+    with pytest.raises(InputError, match="does not cover"):
+        _overlay(strong, scale=render.colour_scale(weak))
+    with pytest.raises(InputError, match="does not cover"):
+        _overlay(-strong, scale=shared)  # a negative map on a sequential scale
 
 
 # --- text ------------------------------------------------------------------------------------------
@@ -153,6 +221,43 @@ def test_to_html_heading_names_input_model_method_target_and_probability(text_ex
         assert re.search(rf">{key}</th><td[^>]*>{re.escape(value)}</td>", heading), key
     pair = text_explainer.explain(("is it raining", "no"), method="generic")
     assert pair.text == "is it raining | no" and "is it raining | no" in pair.to_html()
+
+
+def test_words_read_as_the_unknown_token_are_marked():
+    page = render.scores_html(["a", "banana"], np.array([0.05, 0.1]), unknown=[False, True])
+    marked = re.search(r'<span class="unknown" title="([^"]*)" style="([^"]*)">banana<', page)
+    assert marked and "read as the unknown token" in marked.group(1) and "dashed" in marked.group(2)
+    assert re.search(r'<span title="[^"]*" style="(?![^"]*dashed)[^"]*">a<', page)  # a known word: no mark
+    assert "read as the unknown token" in re.search(r'class="legend".*', page).group(0)
+    assert "dashed" not in render.scores_html(["a", "banana"], np.array([0.05, 0.1]))
+
+
+def test_unknown_words_are_recorded_per_word_and_shown(text_explainer, tmp_path):
+    with pytest.warns(UserWarning, match="'🦄' is not in the model's vocabulary"):
+        exp = text_explainer.explain("a quiet, 🦄 story", method="generic")
+    assert exp.words == ["a", "quiet", ",", "🦄", "story"] and exp.unknown_words == [False, False, False, True, False]
+    assert re.search(r'<span class="unknown"[^>]*>🦄<', exp.to_html())
+    assert 'class="unknown"' not in exp.to_html("tokens")  # the token view shows [UNK] itself
+    assert Explanation.load(exp.save(tmp_path / "unknown")).unknown_words == exp.unknown_words
+    # Preprocessed input_ids: words rebuilt from the pieces, the unknown one still known as such.
+    ids = text_explainer.adapter.tokenizer("a quiet 🦄 story", return_tensors="pt")
+    [from_ids] = text_explainer.explain(dict(ids), method="generic")
+    assert from_ids.unknown_words == [False, False, True, False]
+
+
+@pytest.mark.parametrize("name,inputs,word", [("clip", {"text": "a banana red square"}, "banana"),
+                                              ("vilt", {"question": "what colour is the rhombus?"}, "rhombus")])
+def test_image_text_pages_mark_the_words_read_as_unknown(name, inputs, word):
+    from toolkit import zoo
+    from toolkit.scenes import generate_scene
+
+    with pytest.warns(UserWarning) as caught:
+        exp = Explainer(*zoo.load(name)).explain(image=generate_scene(11, size=64).image, **inputs)
+    exp = exp[0] if isinstance(exp, list) else exp
+    named = [str(w.message) for w in caught if "vocabulary" in str(w.message)]
+    assert len(named) == 1 and f"{word!r} is not in the model's vocabulary" in named[0]  # 'rhombus', not 'rhombus?'
+    assert [w for w, unknown in zip(exp.words, exp.unknown_words) if unknown] == [word]
+    assert re.search(rf'<span class="unknown"[^>]*>{word}<', exp.to_html())
 
 
 def test_cli_bars_start_from_zero_and_give_their_scale():
@@ -224,11 +329,17 @@ def test_heatmap_peak_lands_where_the_patch_came_from_in_the_original(family, si
         view = exp.image.astype(float)
         centre = view[8 * row + 3: 8 * row + 5, 8 * col + 3: 8 * col + 5].mean(axis=(0, 1))
         source_x, source_y = centre[0] / 255 * width, centre[1] / 255 * height
-        peak = Explanation(**{**exp.__dict__, "heatmap": np.zeros((4, 4), np.float32)})
-        peak.heatmap[row, col] = -1.0  # blue: the original has no blue, so blue measures the paint's opacity
+        # Painted over a black image of the same size (a uniform grey once muted), the change in blue from the
+        # unpainted overlay measures the paint's opacity.
+        black = np.zeros_like(exp.original_image)
+        unpainted = Explanation(**{**exp.__dict__, "heatmap": np.zeros((4, 4), np.float32), "original_image": black})
+        peak = Explanation(**{**unpainted.__dict__, "heatmap": np.zeros((4, 4), np.float32)})
+        peak.heatmap[row, col] = -1.0
         painted = np.asarray(peak.overlay(on="original", alpha=1.0)).astype(float)
         assert painted.shape == (height, width, 3)
-        change = painted[..., 2] / render.NEGATIVE_RGB[2]
+        with pytest.warns(UserWarning, match="flat"):
+            ground = np.asarray(unpainted.overlay(on="original")).astype(float)
+        change = (painted[..., 2] - ground[..., 2]) / (render.NEGATIVE_RGB[2] - 255 * LIGHTENING)
         x0, y0, x1, y1 = exp.crop_box
         dimmed = np.zeros((height, width), bool)
         dimmed[:, : int(x0)], dimmed[:, int(np.ceil(x1)):] = True, True
@@ -239,7 +350,8 @@ def test_heatmap_peak_lands_where_the_patch_came_from_in_the_original(family, si
         assert centroid == pytest.approx((source_x, source_y), abs=1.5)  # a patch spans about 94 pixels here
     outside = np.asarray(exp.overlay(on="original")).astype(int)
     if x0 >= 1:
-        np.testing.assert_allclose(outside[:, 0], np.asarray(original)[:, 0] * render.OUTSIDE_VIEW_BRIGHTNESS, atol=1)
+        expected = _muted(np.asarray(original)[:, 0]) * render.OUTSIDE_VIEW_BRIGHTNESS
+        np.testing.assert_allclose(outside[:, 0], np.repeat(expected[:, None], 3, axis=1), atol=1)
 
 
 def test_original_geometry_saves_loads_and_old_files_still_load(tmp_path):
@@ -293,3 +405,31 @@ def test_image_text_explanations_keep_the_original_geometry(name, inputs, expect
     exp = exp[0] if isinstance(exp, list) else exp
     np.testing.assert_allclose(exp.crop_box, expected_box, atol=1e-3)
     assert exp.original_image.shape == (375, 500, 3) and exp.overlay(on="original").size == (500, 375)
+
+
+def test_caption_page_shows_its_tokens_and_its_steps_share_one_scale():
+    from toolkit import zoo
+    from toolkit.scenes import generate_scene
+
+    caption = "a green triangle right of a red cross"
+    exp = Explainer(*zoo.load("captioner")).explain(image=generate_scene(11, size=64).image, caption=caption,
+                                                    method="generic")
+    page = exp.to_html()  # no longer refused
+    heading = re.search(r'<table class="heading".*?</table>', page).group(0)
+    assert re.search(rf">Caption</th><td[^>]*>{caption}</td>", heading) and ">Target<" not in heading
+    shown = re.findall(r'<span title="([^"]+)" style="background:rgba\(\d+,\d+,\d+,([\d.]+)\)[^"]*">([^<]+)<', page)
+    assert [token for _, _, token in shown] == caption.split()
+    totals = np.array([step.heatmap.sum() for step in exp.steps])
+    np.testing.assert_allclose([float(title) for title, _, _ in shown], totals, rtol=1e-3)
+    np.testing.assert_allclose([float(opacity) for _, opacity, _ in shown], totals / np.abs(totals).max(), atol=1e-3)
+    # The steps' maps on one scale: the weakest step stays nearly unpainted, as weak as it is.
+    scale = exp.caption_scale()
+    peaks = [np.abs(step.heatmap).max() for step in exp.steps]
+    assert scale.peak == pytest.approx(max(peaks))
+    weakest = exp.caption_step(int(np.argmin(peaks)))
+    zero = Explanation(**{**weakest.__dict__, "heatmap": np.zeros_like(weakest.heatmap)})
+    with pytest.warns(UserWarning, match="flat"):
+        blank = np.asarray(zero.overlay()).astype(int)
+    on_shared = np.abs(np.asarray(weakest.overlay(scale=scale)).astype(int) - blank).max()
+    on_own = np.abs(np.asarray(weakest.overlay()).astype(int) - blank).max()
+    assert on_shared <= 255 * 0.6 * min(peaks) / max(peaks) + 1 and on_own > 50

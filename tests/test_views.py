@@ -9,6 +9,7 @@ import asyncio
 import base64
 import concurrent.futures
 import html as html_lib
+import io
 import json
 import re
 import xml.etree.ElementTree as ElementTree
@@ -256,14 +257,22 @@ def test_timm_hooks_removed_when_the_forward_fails(timm_vit):
 
 
 def decoded_image_maps(payload) -> np.ndarray:
-    """[layer, head + mean, token, patch] attention back from the page's uint8 maps."""
+    """[layer, head + mean, token, patch] attention back from the page's uint8 maps (steps of the row's maximum)."""
     layers, slots = payload["layers"], payload["heads"] + 1
     patches = payload["grid"][0] * payload["grid"][1]
     tokens = payload["prefixTokens"] + patches
     relative = b64(payload["maps"], "u1").reshape(layers, slots, tokens, patches) / 255
-    low = b64(payload["rowMin"], "f4").reshape(layers, slots, tokens, 1)
-    high = b64(payload["rowMax"], "f4").reshape(layers, slots, tokens, 1)
-    return low + relative * (high - low)
+    return relative * b64(payload["rowMax"], "f4").reshape(layers, slots, tokens, 1)
+
+
+def shown_grey(payload) -> np.ndarray:
+    """The grey picture under the image view's heatmap."""
+    data = base64.b64decode(payload["image"].split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
+
+
+def grey(pixels) -> np.ndarray:
+    return np.asarray(pixels, dtype=float) @ np.array([0.299, 0.587, 0.114])
 
 
 def test_image_data_matches_vit_output_attentions(vit):
@@ -275,7 +284,7 @@ def test_image_data_matches_vit_output_attentions(vit):
     assert payload["grid"] == [8, 8] and payload["prefixTokens"] == 1 and payload["prefixLabels"] == ["[CLS]"]
     decoded = decoded_image_maps(payload)
     to_patches = reference[..., 1:]
-    steps = (to_patches.max(-1, keepdims=True) - to_patches.min(-1, keepdims=True)) / 255
+    steps = to_patches.max(-1, keepdims=True) / 255
     assert (np.abs(decoded[:, :-1] - to_patches) <= steps / 2 + 1e-6).all()
     np.testing.assert_allclose(decoded[:, -1], to_patches.mean(1), atol=float(steps.max()))
 
@@ -292,8 +301,32 @@ def test_timm_vit_attention_is_the_softmax_of_its_own_queries_and_keys(timm_vit)
         reference = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) * attention.scale, dim=-1)[0].numpy()
     assert payload["grid"] == [4, 4] and payload["prefixTokens"] == 1
     to_patches = reference[..., 1:]
-    steps = (to_patches.max(-1, keepdims=True) - to_patches.min(-1, keepdims=True)) / 255
+    steps = to_patches.max(-1, keepdims=True) / 255
     assert (np.abs(decoded_image_maps(payload)[0, :-1] - to_patches) <= steps / 2 + 1e-5).all()
+
+
+def test_image_view_colours_attention_from_zero_over_the_image_as_given(vit, timm_vit):
+    """Min-max stretching made a near-even row look like a sharp map, and per-channel min-max "un-normalising"
+    changed the picture's brightness: weights are coloured from zero, and the picture is the processor's
+    normalisation undone."""
+    processor = ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.2, 0.4, 0.6],
+                                  image_std=[0.3, 0.2, 0.25])
+    payload = page_payload(image_attention_view(vit, picture(), processor))
+    maps = b64(payload["maps"], "u1").reshape(-1, 64)
+    row_min, row_max = b64(payload["rowMin"], "f4"), b64(payload["rowMax"], "f4")
+    assert (maps.max(-1) == 255).all()
+    np.testing.assert_allclose(maps.min(-1), np.rint(row_min / row_max * 255), atol=1)  # not stretched down to 0
+    assert maps.min() > 0  # this random model's rows are nearly even: no patch looks like it gets nothing
+    assert np.abs(shown_grey(payload) - grey(picture())).max() <= 1.5
+    # timm: the transform's Normalize step, or with no processor, the model's pretrained mean and std.
+    from timm.data import create_transform, resolve_data_config
+
+    transform = create_transform(**resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 1.0}, model=timm_vit))
+    corner, square = (2, 2), (12, 8)  # inside the blue picture and inside the red square, away from edges
+    for image, chosen in ((picture(32), transform), (transform(picture(32)), None)):
+        shown = shown_grey(page_payload(image_attention_view(timm_vit, image, chosen)))
+        for point in (corner, square):
+            assert abs(shown[point] - grey(picture(32))[point]) <= 1.5
 
 
 # ---------------------------------------------------------------- errors

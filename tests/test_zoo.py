@@ -139,7 +139,14 @@ def test_sentence_similarity_explains_both_sentences(method):
     first, second = explain_similarity("a red circle on the left", "a crimson disc at the left side", method,
                                        encoder, tokenizer)
     assert first.tokens[1:-1] == ["a", "red", "circle", "on", "the", "left"] and first.scores.shape == (8,)
-    assert first.text == "a crimson disc at the left side" and first.similarity == pytest.approx(second.similarity)
+    assert first.text == second.compared_with == "a red circle on the left"
+    assert first.compared_with == second.text == "a crimson disc at the left side"
+    assert first.similarity == pytest.approx(second.similarity)
+    # The page names both sentences and the cosine, not the one logit's probability or target.
+    assert first.heading() == {"Sentence": "a red circle on the left",
+                               "Compared with": "a crimson disc at the left side", "Model": "minilm-similarity",
+                               "Method": method, "Similarity (cosine)": f"{first.similarity:.4f}"}
+    assert "a crimson disc at the left side" in first.to_html() and "Probability" not in first.to_html()
     with torch.no_grad():
         embeddings = [encoder(**tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1)
                       for t in (first.text, second.text)]

@@ -123,10 +123,10 @@ def explain_command(args) -> int:
         stem = out / f"explanation_{index:03d}"
         exp.save(stem.with_suffix(".npz"))
         if exp.heatmap is not None:
-            exp.overlay(colour_bar=True).save(stem.with_suffix(".png"))
+            exp.overlay(colour_bar=True, on=_overlay_on(args)).save(stem.with_suffix(".png"))
             print(f"    heatmap {exp.heatmap.shape} -> {stem.with_suffix('.png')}")
-            sections.append(f'<h3>{html.escape(str(inputs[index]))}: {html.escape(exp.label)} '
-                            f'(p={exp.probability:.3f})</h3><img src="{stem.with_suffix(".png").name}" width="336">')
+            sections.append(render.heading_html({"Image": str(inputs[index]), **exp.heading()})
+                            + f'<img src="{stem.with_suffix(".png").name}" width="336">')
         else:
             pieces, scores = (exp.words, exp.word_scores) if exp.words is not None else (exp.tokens, exp.scores)
             bars, legend = _bars(scores)
@@ -137,6 +137,11 @@ def explain_command(args) -> int:
             sections.append(exp.to_html())
     _save_page(out, sections, len(explanations))
     return 0
+
+
+def _overlay_on(args) -> str:
+    """Where overlays are drawn: on the image as given (--on-original) or on the model's view of it."""
+    return "original" if args.on_original else "view"
 
 
 def _save_page(out: Path, sections: list[str], count: int) -> None:
@@ -204,24 +209,24 @@ def explain_image_text(explainer: Explainer, args, out: Path) -> int:
         print(f"\n[{index}] {explainer.name} | {exp.method} | {heading}")
         figures = []
         if exp.heatmap is not None:
-            exp.overlay(colour_bar=True).save(stem.with_suffix(".png"))
+            exp.overlay(colour_bar=True, on=_overlay_on(args)).save(stem.with_suffix(".png"))
             figures.append(_figure(stem.with_suffix(".png").name, "relevance of the image" if exp.steps is None
                                    else "image relevance, mean over the caption's tokens"))
             print(f"    image relevance {exp.heatmap.shape} -> {stem.with_suffix('.png')}; "
                   f"peak at patch {_peak(exp.heatmap)}")
         if exp.steps is not None:
+            scale = exp.caption_scale() if exp.steps else None  # one scale: a weak step looks weak
             for number, step in enumerate(exp.steps):
                 path = out / f"{stem.name}_token{number:02d}.png"
-                render.heatmap_overlay(exp.image, step.heatmap, colour_bar=True).save(path)
+                exp.caption_step(number).overlay(colour_bar=True, on=_overlay_on(args), scale=scale).save(path)
                 figures.append(_figure(path.name, step.token))
                 print(f"    {step.token:>14s} p={np.exp(step.log_prob):.3f}  image peak at patch "
                       f"{_peak(step.heatmap)}  {_strongest_context(step)}")
-            text_side = ""
         else:
             content = [k for k in range(len(exp.tokens)) if not _is_special(exp, k, explainer)]
             strongest = sorted(content, key=lambda k: -float(exp.scores[k]))[: args.top]
             print("    text relevance: " + ", ".join(f"{exp.tokens[k]} {float(exp.scores[k]):+.4f}" for k in strongest))
-            text_side = exp.to_html()
+        text_side = exp.to_html()
         sections.append(f"<h3>{html.escape(heading)}</h3>{text_side}"
                         f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(figures)}</div>')
     _save_page(out, sections, len(results))
@@ -251,6 +256,8 @@ def _strongest_context(step) -> str:
     context = step.text_scores[:-1]
     if not context.size:
         return "no earlier token"
+    if not np.any(context):
+        return "strongest earlier token: none (all zero)"
     best = int(np.argmax(context))
     return f"strongest earlier token: {step.text_tokens[best]} ({float(context[best]):+.3f})"
 
@@ -323,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top", type=_positive, default=8, help="how many words to print")
     explain.add_argument("--random-weights", action="store_true",
                          help="timm and open_clip: random weights (no download)")
+    explain.add_argument("--on-original", action="store_true",
+                         help="draw the overlays on the image as given, at its own size (default: on the model's "
+                              "view of it, resized and cropped)")
     explain.add_argument("--out", default="explanations", help="folder for .npz, .png and index.html")
     benchmark = commands.add_parser("benchmark", help="score every method on the built-in models against "
                                                       "the scenes' ground truth")

@@ -292,7 +292,7 @@ class Explainer:
             words = sample.get("words")
             return Explanation(scores=scores.astype(np.float32), tokens=sample["tokens"], words=words,
                                word_scores=None if words is None else word_scores(scores, sample["word_pieces"]),
-                               word_segments=sample.get("word_segments"),
+                               word_segments=sample.get("word_segments"), unknown_words=sample.get("unknown_words"),
                                special_tokens=np.array(sample["special"], dtype=bool),
                                text=_joined(sample.get("text")), **common)
         grid, prefix = sample["grid"], self.adapter.num_prefix_tokens

@@ -62,7 +62,8 @@ class Explanation:
     on the patch grid (or per pixel for ``lrp``) over ``image``, the model's view (resized and cropped).
     ``original_image`` is the image as given, and ``crop_box`` (x0, y0, x1, y1, in its pixels) where the
     model's view lies in it (reaching outside where the processor pads); both are None when the input was
-    preprocessed pixels or the processor's geometry is unknown. ``words`` and ``word_scores`` sum sub-word pieces.
+    preprocessed pixels or the processor's geometry is unknown. ``words`` and ``word_scores`` sum sub-word pieces;
+    ``unknown_words`` marks the words the tokenizer read as its unknown token (their scores are that token's).
     """
 
     method: str
@@ -75,13 +76,15 @@ class Explanation:
     words: list[str] | None = None
     word_scores: np.ndarray | None = None
     word_segments: list[int] | None = None
+    unknown_words: list[bool] | None = None  # per word: read as the tokenizer's unknown token
     special_tokens: np.ndarray | None = None
     heatmap: np.ndarray | None = None
     image: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    text: str | None = None  # the input text (text classifiers; a pair as "a | b"), the text paired with the image
-    # (CLIP) or the other sentence (sentence similarity), or the question (VQA)
-    similarity: float | None = None  # image-text cosine similarity (CLIP)
+    text: str | None = None  # the input text (text classifiers; a pair as "a | b"; the explained sentence of a
+    # sentence similarity), the text paired with the image (CLIP), or the question (VQA)
+    similarity: float | None = None  # image-text (CLIP) or sentence-sentence cosine similarity
+    compared_with: str | None = None  # the other sentence (sentence similarity)
     answer: str | None = None  # the explained answer (VQA)
     caption: str | None = None  # the explained caption (captioning); see ``steps``
     steps: list[CaptionStep] | None = None
@@ -105,14 +108,23 @@ class Explanation:
             return render.colour_scale(self.heatmap)
         return render.colour_scale(self.word_scores if self.word_scores is not None else self.scores)
 
+    def caption_scale(self) -> render.ColourScale:
+        """One colour scale for the image maps of every caption step: drawn with it (``overlay(scale=...)`` of
+        each ``caption_step(i)``), a token that hardly rests on the image looks nearly empty next to one that
+        does, instead of each map being stretched to its own peak."""
+        if not self.steps:
+            raise InputError("caption_scale() needs a captioning explanation with at least one step.")
+        return render.shared_colour_scale(step.heatmap for step in self.steps)
+
     def overlay(self, alpha: float = render.DEFAULT_ALPHA, colormap: str | None = None, on: str = "view",
-                colour_bar: bool = False) -> Image.Image:
+                colour_bar: bool = False, scale: render.ColourScale | None = None) -> Image.Image:
         """The heatmap painted over the image from zero (RGB PIL image; see :func:`render.heatmap_overlay`).
 
         ``on="view"``: over the model's view (the image resized and cropped by the processor).
         ``on="original"``: over the image as given, at its own resolution: the heatmap is mapped back through
         the resize and crop into ``crop_box``, and what the model did not see is darkened.
-        ``colour_bar=True`` attaches the scale with its end values below. Region relevance (``boxes``) is
+        ``colour_bar=True`` attaches the scale with its end values below. ``scale`` (default: the map's own)
+        draws several maps on one scale, such as :meth:`caption_scale`. Region relevance (``boxes``) is
         painted over each region's box.
         """
         if self.heatmap is None or self.image is None:
@@ -122,6 +134,7 @@ class Explanation:
         options = dict(alpha=alpha, colormap=colormap, colour_bar=colour_bar)
         if self.boxes is not None:
             return render.region_overlay(self.image, self.boxes, self.heatmap, **options)
+        options["scale"] = scale
         if on == "view":
             return render.heatmap_overlay(self.image, self.heatmap, **options)
         if self.original_image is None or self.crop_box is None:
@@ -131,7 +144,12 @@ class Explanation:
         return render.heatmap_overlay(self.original_image, self.heatmap, crop_box=self.crop_box, **options)
 
     def heading(self) -> dict[str, str]:
-        """What was explained, for a page's heading: the input, model, method, target and probability."""
+        """What was explained, for a page's heading: the input, model, method, target and probability. A sentence
+        similarity shows both sentences and the cosine (its one-logit probability and target mean nothing); a
+        whole caption shows the caption and its probability (its target is the image's index)."""
+        if self.compared_with is not None:
+            return {"Sentence": self.text or "", "Compared with": self.compared_with, "Model": self.model,
+                    "Method": self.method, "Similarity (cosine)": f"{self.similarity:.4f}"}
         rows = {}
         if self.text is not None:
             role = "Paired text" if self.similarity is not None else "Question" if self.answer is not None else "Input"
@@ -139,25 +157,37 @@ class Explanation:
         for name, value in (("Answer", self.answer), ("Caption", self.caption)):
             if value is not None:
                 rows[name] = value
-        rows.update({"Model": self.model, "Method": self.method, "Target": f"{self.label} (class {self.target})",
-                     "Probability": f"{self.probability:.3f}"})
+        rows.update({"Model": self.model, "Method": self.method})
+        if self.steps is None:
+            rows["Target"] = f"{self.label} (class {self.target})"
+        rows["Probability"] = f"{self.probability:.3f}"
         if self.similarity is not None:
             rows["Similarity"] = f"{self.similarity:.4f}"
         return rows
 
     def to_html(self, level: str = "words") -> str:
         """Plain HTML of the text: red for positive relevance, blue for negative, opacity |score| / max |score|,
-        under a heading (:meth:`heading`) and above a legend with the scale.
+        under a heading (:meth:`heading`) and above a legend with the scale. Words read as the unknown token
+        (``unknown_words``) have a dashed outline.
 
         ``level="words"`` shows whole words (special tokens left out), ``"tokens"`` every token. For image-text
-        models it shows the text side (the caption, the question).
+        models it shows the text side (the paired text, the question). A caption shows its tokens, each coloured
+        by its total image relevance (the sum of its step's map): how much that token rests on the image, on one
+        scale for the whole caption; each token's map is ``caption_step(i).overlay()`` and its relevance over the
+        earlier tokens ``caption_step(i).to_html()``.
         """
         if level not in ("words", "tokens"):
             raise InputError("level must be 'words' or 'tokens'.")
+        if self.steps is not None:
+            details = {**self.heading(), "Colours": "each token's total image relevance (the sum of its map); "
+                                                    "per-token maps and earlier-token relevance: caption_step(i)"}
+            return render.scores_html([step.token for step in self.steps],
+                                      np.array([step.heatmap.sum() for step in self.steps]), details=details)
         if level == "words" and self.words is not None:
-            return render.scores_html(self.words, self.word_scores, details=self.heading())
+            return render.scores_html(self.words, self.word_scores, details=self.heading(), unknown=self.unknown_words)
         if not self.tokens or (self.heatmap is not None and self.text is None):  # an image classifier's patches
-            raise InputError("to_html() needs a text explanation or an image-text one; use overlay() for images.")
+            raise InputError("to_html() needs a text explanation, an image-text one or a caption; use overlay() "
+                             "for images.")
         pieces, scores = self.tokens, np.asarray(self.scores)
         if level == "words" and self.special_tokens is not None:  # no words: the tokens, special ones left out
             shown = ~np.asarray(self.special_tokens, dtype=bool)

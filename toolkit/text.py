@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import string
 from typing import Any, Iterator
 
 from .errors import InputError, warn
@@ -13,12 +14,14 @@ NAMED_DROPPED_WORDS = 30  # a cut text's warning quotes at most this many of the
 
 
 def group_words(tokens: list[str], special: list[bool], *, word_ids=None, sequence_ids=None, offsets=None,
-                texts=None, tokenizer: Any = None) -> dict[str, list]:
+                texts=None, tokenizer: Any = None, unknown: list[bool] | None = None) -> dict[str, list]:
     """Words of a tokenised text and, for each, the indices of its pieces.
 
     With a fast tokenizer's word ids and character offsets, words are cut from the original text.
     Otherwise they are rebuilt from the pieces' continuation marks (``##``, ``▁``, ``Ġ``).
-    Special tokens belong to no word.
+    Special tokens belong to no word. With ``unknown`` (per token: read as the unknown token, see
+    :func:`unknown_token_mask`), ``unknown_words`` says which words have such a piece: the text shows the word
+    while the model read only the unknown token.
     """
     groups: list[list[int]] = []
     keys: list[Any] = []
@@ -53,10 +56,14 @@ def group_words(tokens: list[str], special: list[bool], *, word_ids=None, sequen
             previous_special = False
         words = [tokenizer.convert_tokens_to_string([tokens[i] for i in g]).strip() for g in groups]
         segments = _segments_from_specials(groups, special)
-    return {"words": words, "word_pieces": groups, "word_segments": segments}
+    grouped = {"words": words, "word_pieces": groups, "word_segments": segments}
+    if unknown is not None:
+        grouped["unknown_words"] = [any(unknown[i] for i in group) for group in groups]
+    return grouped
 
 
-def encoded_words(encoding: Any, index: int, length: int, special: list[bool], texts: tuple) -> dict[str, list]:
+def encoded_words(encoding: Any, index: int, length: int, special: list[bool], texts: tuple,
+                  unknown: list[bool] | None = None) -> dict[str, list]:
     """:func:`group_words` for row ``index`` of a fast tokenizer's batch encoding (with its
     ``offset_mapping``), over its first ``length`` tokens; empty when the tokenizer is not a fast one."""
     offsets = encoding.get("offset_mapping")
@@ -64,7 +71,13 @@ def encoded_words(encoding: Any, index: int, length: int, special: list[bool], t
         return {}
     return group_words([], special, word_ids=encoding.word_ids(index)[:length],
                        sequence_ids=encoding.sequence_ids(index)[:length], offsets=offsets[index, :length].tolist(),
-                       texts=texts)
+                       texts=texts, unknown=unknown)
+
+
+def unknown_token_mask(tokenizer: Any, ids: list[int]) -> list[bool]:
+    """Which of ``ids`` are the tokenizer's unknown token (all False when it has none)."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    return [unknown is not None and token == unknown for token in ids]
 
 
 def special_token_mask(tokenizer: Any, ids: list[int]) -> list[bool]:
@@ -194,13 +207,19 @@ def _cut(tokenizer: Any, parts: tuple[str, ...], limit: int, add_special_tokens:
 
 
 def _unknown_words(tokenizer: Any, parts: tuple[str, ...]) -> list[str]:
-    """The words of ``parts`` that the tokenizer reads as (or with) its unknown token."""
+    """The words of ``parts`` that the tokenizer reads as (or with) its unknown token, named without the
+    punctuation around them ('rhombus', not 'rhombus?') unless the punctuation is what it cannot read."""
     unknown_id = getattr(tokenizer, "unk_token_id", None)
     if unknown_id is None:
         return []
+
+    def unknown(word: str) -> bool:
+        return unknown_id in tokenizer(word, add_special_tokens=False)["input_ids"]
+
     words = []
     for text in parts:
-        if unknown_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
-            words += [word for word in text.split()
-                      if unknown_id in tokenizer(word, add_special_tokens=False)["input_ids"]]
+        if unknown(text):
+            for word in filter(unknown, text.split()):
+                bare = word.strip(string.punctuation)
+                words.append(bare if bare and unknown(bare) else word)
     return list(dict.fromkeys(words))

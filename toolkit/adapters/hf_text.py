@@ -11,7 +11,7 @@ import torch
 from ..core.capture import Recorder
 from ..errors import InputError, warn
 from ..families.declaration import logits_of
-from ..text import encoded_words, group_words, read_texts, special_token_mask
+from ..text import encoded_words, group_words, read_texts, special_token_mask, unknown_token_mask
 from .base import Batch, DeclaredAdapter
 
 
@@ -57,7 +57,7 @@ class TextClassifierAdapter(DeclaredAdapter):
         batch = self._prepare_encoded(enc)
         for i, sample in enumerate(batch.samples):
             sample.update(encoded_words(enc, i, sample["length"], sample["special"],
-                                        (firsts[i], seconds[i] if seconds else None)))
+                                        (firsts[i], seconds[i] if seconds else None), sample.get("unknown")))
             sample["text"] = read[i]
         return batch
 
@@ -128,7 +128,8 @@ class TextClassifierAdapter(DeclaredAdapter):
             special = special_token_mask(tok, ids) if tok else [False] * len(ids)
             sample = {"tokens": tokens, "special": special, "length": len(ids)}
             if tok:
-                sample.update(group_words(tokens, special, tokenizer=tok))
+                sample["unknown"] = unknown_token_mask(tok, ids)
+                sample.update(group_words(tokens, special, tokenizer=tok, unknown=sample["unknown"]))
             samples.append(sample)
             padded = torch.zeros_like(valid)
             padded[valid] = torch.tensor(special, dtype=torch.bool)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .. import render
 from ..explanation import Explanation
 from .scenes import GroundTruth
 
@@ -48,12 +49,14 @@ def draw_outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def overlay_image(exp: Explanation, truth: GroundTruth | None = None) -> Image.Image:
+def overlay_image(exp: Explanation, truth: GroundTruth | None = None,
+                  scale: render.ColourScale | None = None) -> Image.Image:
     """The library's overlay, with its colour bar, drawn on the model's view of the image enlarged for reading,
-    with the ground truth outlined. Drawn at the enlarged size, so the heatmap is interpolated there."""
+    with the ground truth outlined. Drawn at the enlarged size, so the heatmap is interpolated there. ``scale``:
+    one shared by several maps (a caption's steps), else the map's own."""
     factor = enlargement(exp.image)
     shown = replace(exp, image=enlarge(exp.image, factor)) if factor > 1 else exp
-    picture = np.array(shown.overlay(colour_bar=True).convert("RGB"))
+    picture = np.array(shown.overlay(colour_bar=True, scale=scale).convert("RGB"))
     if truth is not None:  # on the image part only (a scale drawn beside it is left alone)
         height, width = shown.image.shape[:2]
         picture[:height, :width] = draw_outline(picture[:height, :width], truth.mask)

@@ -119,9 +119,10 @@ class Handlers:
         """The built-in scene the image is, for the built-in models (whose view of it is the scene itself)."""
         return self.book.find(image) if loaded.entry.is_builtin else None
 
-    def shown(self, exp: Explanation, truth, stem: str, downloads: bool = True) -> ImageResult:
+    def shown(self, exp: Explanation, truth, stem: str, downloads: bool = True, scale=None) -> ImageResult:
         folder = self.outputs.fresh()
-        picture = display.png_file(display.overlay_image(exp, truth), f"{display.slug(stem)}-{exp.method}", folder)
+        picture = display.png_file(display.overlay_image(exp, truth, scale), f"{display.slug(stem)}-{exp.method}",
+                                   folder)
         files = display.download_files(exp, stem, folder, picture) if downloads else []
         return ImageResult(picture, display.map_report(exp, truth), files)
 
@@ -239,8 +240,9 @@ class Handlers:
             raise InputError("The model ended the caption at once: there is no token to explain. Give a caption.")
         tokens = [step.token for step in first.steps]
         truths = caption_step_truths(scene, first.caption, tokens) if scene is not None else {}
-        steps = [[self.shown(e.caption_step(i), truths.get(i), f"{i}-{token}", downloads=False)
-                  for i, token in enumerate(tokens)] for e in exps]
+        # One colour scale per method over all of its steps: a token that hardly rests on the image looks so.
+        steps = [[self.shown(e.caption_step(i), truths.get(i), f"{i}-{token}", downloads=False, scale=scale)
+                  for i, token in enumerate(tokens)] for e, scale in ((e, e.caption_scale()) for e in exps)]
         galleries = [[(r.picture, f"{i} · {tokens[i]}") for i, r in enumerate(run)] for run in steps]
         words = " ".join(f"{t} <sub>{math.exp(step.log_prob):.2f}</sub>" for t, step in zip(tokens, first.steps))
         header = (f"### “{first.caption}”\n{'Given' if given else 'Generated'} caption, probability "

@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
-from ..text import encoded_words, read_texts, special_token_mask, word_scores
+from ..text import encoded_words, read_texts, special_token_mask, unknown_token_mask, word_scores
 from .base import (AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, string_list,
                    to_numpy)
 
@@ -55,7 +55,8 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
             method=method.name, model=adapter.name, target=t, label=texts[t], probability=probability,
             scores=scores, tokens=text_tokens[b], special_tokens=to_numpy(text_special[b])[valid].astype(bool),
             words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]) if words else None,
-            heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid), image=shown[i], text=texts[t],
+            unknown_words=words.get("unknown_words"), heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid),
+            image=shown[i], text=texts[t],
             similarity=float(sims[b]), options=options, **geometry[i]))
     return explanations
 
@@ -165,7 +166,8 @@ class HFCLIPAdapter(MultimodalAdapter):
         tokens = [processor.tokenizer.convert_ids_to_tokens(ids[mask]) for ids, mask in
                   zip(enc["input_ids"].cpu(), text_mask.cpu())]
         enc["offset_mapping"] = offsets
-        words = [encoded_words(enc, b, len(tokens[b]), special[b, :len(tokens[b])].tolist(), (texts[t], None))
+        words = [encoded_words(enc, b, len(tokens[b]), special[b, :len(tokens[b])].tolist(), (texts[t], None),
+                               unknown_token_mask(processor.tokenizer, enc["input_ids"][b, :len(tokens[b])].tolist()))
                  for b, (_, t) in enumerate(pairs)]
         side = int(round((image_rel.shape[-1] - 1) ** 0.5))
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)

@@ -17,7 +17,7 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..labels import find_label, ranked_labels
 from ..methods import Method
-from ..text import encoded_words, read_texts, word_scores
+from ..text import encoded_words, read_texts, unknown_token_mask, word_scores
 from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
 from .captioning import processor_parts
 from .clip import shown_images, special_tokens
@@ -167,11 +167,13 @@ class ViltVQAAdapter(MultimodalAdapter):
             name = labels.get(index, str(index))
             valid = text_mask[b].cpu().numpy()
             scores, specials = to_numpy(relevance[b, :length])[valid], to_numpy(special[b])[valid].astype(bool)
-            words = encoded_words(enc, b, len(scores), specials.tolist(), (questions[q], None))
+            ids = enc["input_ids"][b].cpu()[valid]
+            words = encoded_words(enc, b, len(scores), specials.tolist(), (questions[q], None),
+                                  unknown_token_mask(tokenizer, ids.tolist()))
             explanations.append(Explanation(
                 method=method.name, model=self.name, target=index, label=name, probability=float(probabilities[b]),
-                scores=scores, tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
-                special_tokens=specials, words=words.get("words"),
+                scores=scores, tokens=tokenizer.convert_ids_to_tokens(ids), special_tokens=specials,
+                words=words.get("words"), unknown_words=words.get("unknown_words"),
                 word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b],
                 image=shown[i], text=read[q], answer=name, options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations

@@ -237,6 +237,23 @@ def _pixel_values(image, processor) -> torch.Tensor:
     return pixel_values
 
 
+def _normalisation(model: nn.Module, processor) -> tuple | None:
+    """The (mean, std) that ``processor`` normalises images with: a Hugging Face image processor's own, a
+    torchvision/timm transform's Normalize step, or, with no processor, a timm model's pretrained config; None
+    when it cannot be known."""
+    if processor is None:
+        config = getattr(model, "pretrained_cfg", None) or {}
+        return (config["mean"], config["std"]) if "mean" in config and "std" in config else None
+    image_processor = getattr(processor, "image_processor", processor)
+    if hasattr(image_processor, "image_mean"):
+        if not getattr(image_processor, "do_normalize", True):
+            return (0.0, 1.0)
+        return image_processor.image_mean, image_processor.image_std
+    steps = getattr(processor, "transforms", [])
+    normalise = next((step for step in steps if hasattr(step, "mean") and hasattr(step, "std")), None)
+    return (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0) if steps else None
+
+
 def _check_image_state(attention: ImageAttention, state: dict) -> dict:
     layers, heads, n_tokens, _ = attention.weights.shape
     query = state["query"]
@@ -253,12 +270,13 @@ def image_attention_view(model: nn.Module, image, processor=None, *, layer: int 
 
     ``image`` goes through ``processor`` (a Hugging Face image processor or a timm/torchvision
     transform); with ``processor=None`` it must already be the model's input tensor. The image shown is
-    that input, so the patches line up even when the processor crops. ``head`` is an index or "mean";
-    ``query`` is a token index (0 is [CLS]) or a patch as (row, column). Clicking a patch in the page
-    makes it the query; the thumbnails below show every layer and head for that query.
+    that input (its normalisation undone with the processor's mean and std, in grey), so the patches line up
+    even when the processor crops. Attention is coloured from zero to the row's strongest patch. ``head`` is an
+    index or "mean"; ``query`` is a token index (0 is [CLS]) or a patch as (row, column). Clicking a patch in
+    the page makes it the query; the thumbnails below show every layer and head for that query.
     """
     check_image_model(model)
-    attention = image_attention(model, _pixel_values(image, processor))
+    attention = image_attention(model, _pixel_values(image, processor), _normalisation(model, processor))
     payload = {"view": "image", **image_payload(attention)}
     state = {"layer": layer, "head": head, "query": query}
     height = 430 + attention.weights.shape[0] * 70

@@ -67,7 +67,7 @@ class ImageAttention:
     weights: np.ndarray  # [layer, head, token, token]
     grid: tuple[int, int]  # patch rows, patch columns
     prefix_tokens: int
-    pixels: np.ndarray  # uint8 [height, width, 3]: the model's input, rescaled for display
+    pixels: np.ndarray  # uint8 [height, width, 3]: the model's input with its normalisation undone
 
 
 # (model output field, stack name, label, side of the queries, side of the keys)
@@ -370,13 +370,18 @@ def _patch_size(model: nn.Module) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _display_pixels(pixel_values: torch.Tensor) -> np.ndarray:
-    """The model's input as an 8-bit image: normalisation is affine per channel, so min-max undoes it."""
-    image = pixel_values[0].float()
-    low = image.amin(dim=(1, 2), keepdim=True)
-    high = image.amax(dim=(1, 2), keepdim=True)
-    scaled = (image - low) / (high - low).clamp_min(1e-6)
-    return (scaled * 255).round().byte().permute(1, 2, 0).numpy()
+def _display_pixels(pixel_values: torch.Tensor, normalisation: tuple | None) -> np.ndarray:
+    """The model's input as an 8-bit image: (x * std + mean) * 255 with the processor's ``normalisation`` (mean,
+    std). Without it (a preprocessed tensor, no processor), one affine map for all channels together brings the
+    values to 0..255: per-channel stretching would shift the image's colours and brightness."""
+    image = pixel_values[0].detach().float().permute(1, 2, 0).cpu().numpy()
+    if normalisation is not None:
+        mean, std = (np.asarray(values, dtype=np.float32).reshape(-1)[:3] for values in normalisation)
+        scaled = image * std + mean
+    else:
+        low, high = float(image.min()), float(image.max())
+        scaled = (image - low) / max(high - low, 1e-6)
+    return np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def check_image_model(model: nn.Module) -> None:
@@ -422,9 +427,9 @@ def _undeclared_image_attention(model: nn.Module, pixel_values: torch.Tensor) ->
     return captured
 
 
-def image_attention(model: nn.Module, pixel_values: torch.Tensor) -> ImageAttention:
+def image_attention(model: nn.Module, pixel_values: torch.Tensor, normalisation: tuple | None = None) -> ImageAttention:
     """Attention of a Vision Transformer (any declared image family, Hugging Face or timm) on ``pixel_values``
-    [1, 3, H, W]."""
+    [1, 3, H, W]; ``normalisation`` is the (mean, std) the processor normalised them with, to show the image."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[:2] != (1, 3):
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise InputError(f"pixel_values must be a tensor of shape [1, 3, height, width], got {shape}.")
@@ -442,4 +447,5 @@ def image_attention(model: nn.Module, pixel_values: torch.Tensor) -> ImageAttent
     prefix = weights.shape[-1] - grid[0] * grid[1]
     if prefix < 0:
         raise UnsupportedModelError(f"{weights.shape[-1]} tokens cannot cover a {grid[0]}×{grid[1]} patch grid: not a plain ViT.")
-    return ImageAttention(weights=weights, grid=grid, prefix_tokens=prefix, pixels=_display_pixels(pixel_values))
+    return ImageAttention(weights=weights, grid=grid, prefix_tokens=prefix,
+                          pixels=_display_pixels(pixel_values, normalisation))

@@ -3,8 +3,9 @@
 Arrays travel as base64 typed arrays (little-endian), not JSON number lists: a 512-token,
 6-layer, 12-head model has 19 million weights. Text views keep only the links at or above
 ``min_weight`` (sparse rows, weights in 1/255 steps, which is all the opacity a canvas has);
-image views keep every patch weight, in 1/255 steps between its row's minimum and maximum,
-since a heatmap is normalised anyway. Colours are computed here once and used by both the HTML and the SVG export.
+image views keep every patch weight, in 1/255 steps of its row's maximum (from zero, as the relevance
+overlays: a row of nearly equal weights looks even, not stretched into contrast).
+Colours are computed here once and used by both the HTML and the SVG export.
 """
 from __future__ import annotations
 
@@ -141,15 +142,15 @@ def query_label(attention: ImageAttention, token: int) -> str:
 
 
 def relative_maps(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row rescaled to [0, 1] between its weakest and strongest patch (a heatmap shows contrast), with those bounds."""
+    """Each row over its strongest patch, in [0, 1] from zero (attention weights are never negative), with the
+    row's minimum and maximum (which the view's caption gives)."""
     row_min = maps.min(axis=-1)
     row_max = maps.max(axis=-1)
-    relative = (maps - row_min[..., None]) / np.maximum(row_max - row_min, 1e-12)[..., None]
-    return relative, row_min, row_max
+    return maps / np.maximum(row_max, 1e-12)[..., None], row_min, row_max
 
 
 def image_payload(attention: ImageAttention) -> dict:
-    """Patch maps as uint8 steps between each row's minimum and maximum, and those bounds as float32."""
+    """Patch maps as uint8 steps of each row's maximum (from zero), and the rows' minima and maxima as float32."""
     relative, row_min, row_max = relative_maps(patch_maps(attention))
     layers, heads, _, _ = attention.weights.shape
     return {

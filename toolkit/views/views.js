@@ -479,7 +479,8 @@ var ToolkitViews = (function () {
       });
       const row = (state.layer * headSlots + headSlot) * tokens + state.query;
       caption.textContent = `Layer ${state.layer} · ${state.head === "mean" ? "mean of heads" : "head " + state.head} · ` +
-        `attention from ${label(state.query)} (patch weights ${rowMin[row].toFixed(3)} to ${rowMax[row].toFixed(3)})`;
+        `attention from ${label(state.query)} (patch weights ${rowMin[row].toFixed(3)} to ${rowMax[row].toFixed(3)}; ` +
+        `colour from 0 to ${rowMax[row].toFixed(3)})`;
       root.dataset.query = String(state.query);
       root.dataset.layer = String(state.layer);
       root.dataset.head = String(state.head);

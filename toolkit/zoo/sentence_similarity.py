@@ -37,8 +37,9 @@ def load_minilm():
 def explain_similarity(first: str, second: str, method: str = "generic",
                        encoder=None, tokenizer=None) -> tuple[Explanation, Explanation]:
     """Token relevance of ``first`` for its similarity to ``second``, and of ``second`` for its similarity to
-    ``first``. Each Explanation's ``similarity`` is the cosine and ``text`` the other sentence (its
-    ``probability`` is 1: there is one logit). The encoder is loaded from the package unless given."""
+    ``first``. Each Explanation's ``text`` is the sentence it explains, ``compared_with`` the other one and
+    ``similarity`` the cosine (its ``probability`` is 1 and its target 0: there is one logit, so its heading and
+    page leave them out). The encoder is loaded from the package unless given."""
     require_text(first, "first")
     require_text(second, "second")
     if encoder is None:
@@ -49,6 +50,6 @@ def explain_similarity(first: str, second: str, method: str = "generic",
         explanation = Explainer(model, tokenizer, name=NAME).explain(text, method=method)
         with torch.no_grad():
             explanation.similarity = float(model(**tokenizer(text, return_tensors="pt")).logits[0, 0])
-        explanation.text = other
+        explanation.compared_with = other
         explanations.append(explanation)
     return explanations[0], explanations[1]
