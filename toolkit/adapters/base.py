@@ -37,6 +37,7 @@ class ModelAdapter(ABC):
 
     family: ClassVar[str]
     modality: ClassVar[str]
+    task: ClassVar[str] = "classification"  # "generation": the adapter explains its own inputs (explain())
     examples: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, processor: Any = None):
