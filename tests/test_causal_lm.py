@@ -201,3 +201,14 @@ def test_head_and_model_views(name, tokenizer):
         assert (stack["layers"], stack["heads"]) == (len(stock), stock[0].shape[1])
         assert "<svg" in view.svg and len(view.html) > 1000
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_saved_and_loaded_with_its_steps(tokenizer, tmp_path):
+    from toolkit.explanation import Explanation
+
+    explanation = Explainer(make("gpt2"), tokenizer).explain(PROMPTS[2], method="rollout", continuation="park and")
+    loaded = Explanation.load(explanation.save(tmp_path / "lm.npz"))
+    assert [s.token for s in loaded.steps] == ["park", "and"] and loaded.caption == "park and"
+    np.testing.assert_array_equal(loaded.steps[1].text_scores, explanation.steps[1].text_scores)
+    np.testing.assert_array_equal(loaded.special_tokens, explanation.special_tokens)
+    assert "dog" in explanation.to_html()
