@@ -97,7 +97,7 @@ class Explainer:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer; got {top_k!r}.")
         with _eval_mode(self.model):
-            if self.adapter.task == "generation":
+            if getattr(self.adapter, "generation", False):
                 return self.adapter.predict(inputs, top_k)
             if isinstance(self.adapter, MultimodalAdapter):
                 if inputs is not None:
@@ -147,7 +147,7 @@ class Explainer:
                     raise InputError(f"{self.adapter.family} models take keyword inputs: "
                                      "explain(image=..., text=... / question=... / caption=...).")
                 result = self.adapter.explain(method_impl, target, **keywords)
-            elif self.adapter.task == "generation":
+            elif getattr(self.adapter, "generation", False):
                 unknown = sorted(set(keywords) - set(self.adapter.keywords))
                 if unknown:
                     raise InputError(f"Unexpected keywords {unknown}: a language model takes the prompt(s) as the "

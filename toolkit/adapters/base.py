@@ -37,7 +37,7 @@ class ModelAdapter(ABC):
 
     family: ClassVar[str]
     modality: ClassVar[str]
-    task: ClassVar[str] = "classification"  # "generation": the adapter explains its own inputs (explain())
+    generation: ClassVar[bool] = False  # True: the adapter explains prompts itself (explain(), predict())
     examples: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, processor: Any = None):

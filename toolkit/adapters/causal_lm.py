@@ -41,7 +41,8 @@ class CausalLMAdapter(DeclaredAdapter):
     """A decoder-only language model whose layout a family declares (``inputs: text-generation``)."""
 
     modality = "text"
-    task: ClassVar[str] = "generation"
+    task: ClassVar[str] = "text generation"
+    generation: ClassVar[bool] = True
     keywords: ClassVar[tuple[str, ...]] = ("continuation", "max_new_tokens", "keep_sink")
 
     tokenizer = TextClassifierAdapter.tokenizer
