@@ -436,3 +436,19 @@ def ref_transformer_attribution(case, i: int, target, start: int) -> torch.Tenso
     return relevance[case.readout]
 
 
+
+
+# --- causal language models: one step at a time ---------------------------------------------------------------
+def lm_step_pass(model: nn.Module, ids: list[int], keep_sink: bool = False) -> RefPass:
+    """Step "predict the token after ``ids``" on the eager stock model, alone: the prefix only (no replication, no
+    padding), read at its last position; ``logits`` are the log-probabilities there, so that the attention gradients
+    are those of log p(target). Attention Grad-CAM averages over every position but the first (the attention sink)
+    unless ``keep_sink``."""
+    out = model(torch.tensor([ids]), output_attentions=True)
+    n = len(ids)
+    readout = torch.zeros(n, dtype=torch.float64)
+    readout[-1] = 1.0
+    content = torch.ones(n, dtype=torch.bool)
+    content[0] = keep_sink
+    return RefPass(logits=out.logits[0, -1].double().log_softmax(-1), graph_attentions=list(out.attentions),
+                   hidden=[], content=content, readout=readout)

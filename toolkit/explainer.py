@@ -102,6 +102,8 @@ class Explainer:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive integer; got {top_k!r}.")
         with _eval_mode(self.model):
+            if getattr(self.adapter, "generation", False):
+                return self.adapter.predict(inputs, top_k)
             if isinstance(self.adapter, MultimodalAdapter):
                 if inputs is not None:
                     raise InputError(f"{self.adapter.family} models take keyword inputs: predict(image=..., "
@@ -131,7 +133,10 @@ class Explainer:
         ``method`` defaults to :attr:`default_method`, one that applies to this model. Keywords that name
         one of the method's options (``keep_identity=True``) go to the method. Image-text models take
         keywords instead of ``inputs``: ``image=``, ``text=`` (CLIP, with ``start_layer_text=``),
-        ``question=`` (VQA), ``caption=`` (captioning).
+        ``question=`` (VQA), ``caption=`` (captioning). Language models take prompts: ``target`` is the next
+        token (None: the predicted one), or ``continuation=`` (teacher forcing) or ``max_new_tokens=`` (greedy
+        generation) explains every token of a continuation; ``keep_sink=True`` counts the first position as content
+        (see :mod:`toolkit.adapters.causal_lm`).
 
         Gradient methods work under a caller's ``torch.no_grad()`` and ``torch.inference_mode()`` alike.
         """
@@ -156,6 +161,14 @@ class Explainer:
                     raise InputError(f"{self.adapter.family} models take keyword inputs: "
                                      "explain(image=..., text=... / question=... / caption=...).")
                 result = self.adapter.explain(method_impl, target, **keywords)
+            elif getattr(self.adapter, "generation", False):
+                unknown = sorted(set(keywords) - set(self.adapter.keywords))
+                if unknown:
+                    raise InputError(f"Unexpected keywords {unknown}: a language model takes the prompt(s) as the "
+                                     f"first argument and {', '.join(self.adapter.keywords)}. Options of {name!r}: "
+                                     f"{', '.join(method_cls.option_names()) or 'none'}.")
+                result = self.adapter.explain(method_impl, inputs, target, batch_size=batch_size, progress=progress,
+                                              **keywords)
             else:
                 if keywords:
                     if difflib.get_close_matches(next(iter(keywords)), method_cls.option_names(), n=1):

@@ -11,11 +11,12 @@ import torch.nn as nn
 from .. import families
 from ..errors import UnsupportedModelError
 from .base import Batch, DeclaredAdapter, ModelAdapter
+from .causal_lm import CausalLMAdapter
 from .hf_text import TextClassifierAdapter
 from .vision import ImageClassifierAdapter
 
 ADAPTERS: list[type[ModelAdapter]] = []  # Python adapters added with register_adapter
-DECLARED = {"text": TextClassifierAdapter, "image": ImageClassifierAdapter}
+DECLARED = {"text": TextClassifierAdapter, "image": ImageClassifierAdapter, "text-generation": CausalLMAdapter}
 FamilySource = str | Path | Mapping | families.Family
 
 
@@ -65,5 +66,5 @@ def adapter_for(model: nn.Module, processor: Any = None, family: FamilySource | 
     )
 
 
-__all__ = ["ADAPTERS", "Batch", "DeclaredAdapter", "ModelAdapter", "adapter_for", "declared_adapter",
+__all__ = ["ADAPTERS", "Batch", "CausalLMAdapter", "DeclaredAdapter", "ModelAdapter", "adapter_for", "declared_adapter",
            "register_adapter", "supported_families"]

@@ -38,6 +38,7 @@ class ModelAdapter(ABC):
 
     family: ClassVar[str]
     modality: ClassVar[str]
+    generation: ClassVar[bool] = False  # True: the adapter explains prompts itself (explain(), predict())
     examples: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, processor: Any = None):

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..errors import FamilyError, UnsupportedModelError
 from .capture import AttentionCall, Recorder
 
-READOUTS = ("token", "mean", "mean-content")
+READOUTS = ("token", "mean", "mean-content", "next-token")
 
 
 @dataclass
@@ -66,7 +66,9 @@ class ModelSpec:
 
     ``readout`` is ``"token"`` (the hidden state at ``readout_index``, e.g. [CLS]), ``"mean"`` (the
     average over real tokens, as sentence encoders pool) or ``"mean-content"`` (the average over content
-    tokens: the patches without the prefix tokens, as BEiT and timm's ``global_pool="avg"`` pool).
+    tokens: the patches without the prefix tokens, as BEiT and timm's ``global_pool="avg"`` pool) or ``"next-token"``
+    (a causal language model: each explained token is read at the position before it, which the generation task
+    gives per step).
     ``origin`` names the declaration for messages, ``paths`` the declared path of each module, and
     ``nearby(path)`` the module paths that exist close to a path that did not work.
     """
@@ -92,8 +94,14 @@ class ModelSpec:
         if blocker:
             raise UnsupportedModelError(f"The LRP-based methods cannot explain this model: {blocker}.")
 
-    def readout_weights(self, token_mask: torch.Tensor, content_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N) weights of the token rows that the prediction reads."""
+    def readout_weights(self, token_mask: torch.Tensor, content_mask: torch.Tensor | None = None,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) weights of the token rows that the prediction reads; ``rows`` (B,): each sample's position under a
+        next-token read-out."""
+        if self.readout == "next-token":
+            weights = torch.zeros(token_mask.shape, device=token_mask.device)
+            weights[torch.arange(rows.shape[0], device=rows.device), rows] = 1.0
+            return weights
         if self.readout in ("mean", "mean-content"):
             weights = (token_mask if self.readout == "mean" else content_mask).float()
             return weights / weights.sum(dim=1, keepdim=True)

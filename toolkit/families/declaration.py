@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..core.spec import LayerSpec, ModelSpec
+from ..core.spec import READOUTS, LayerSpec, ModelSpec
 from ..errors import FamilyError
 from . import quirks
 
@@ -28,7 +28,7 @@ KEYS = {
     "name": "the family's name (defaults to the entry's key or the file's name)",
     "description": "what the family covers, shown in lists of supported families",
     "match": "which models the entry explains: model_type, class (patterns), config values",
-    "inputs": "text or image",
+    "inputs": "text, image, or text-generation (a causal language model: every explained token read at the position before it)",
     "source": "hf (default) or timm: how images are preprocessed, how labels are read",
     "forward_kwargs": "keyword arguments every forward call gets (e.g. output_attentions: true)",
     "layers": "pattern of the layer modules, * standing for the layer index",
@@ -44,7 +44,8 @@ KEYS = {
     "attn_scale": "layer-scale parameter multiplying the attention branch", "mlp_scale": "same for the MLP branch",
     "norm": "pre (LayerNorm before attention and MLP) or post (after each residual addition)",
     "head": "Linear layers from the read-out token to the logits, in order",
-    "readout": "token index, mean, mean-content, or {from: path, values: {value: read-out}}",
+    "readout": "token index, mean, mean-content, next-token (language models: the position before each explained "
+               "token), or {from: path, values: {value: read-out}}",
     "prefix_tokens": "images: parameters (1, k, dim) placed before the patches (class, distillation, registers)",
     "patch_embedding": "images: the Conv2d that turns pixels into patch tokens",
     "lrp_blockers": "[{reason: why LRP cannot pass, if_present: [paths]}]: refuse the LRP-based methods",
@@ -53,6 +54,7 @@ LINEAR_PARTS = ("query", "key", "value", "qkv", "out_proj", "fc1", "fc2")
 MODULE_PARTS = ("attn_branch", "mlp_branch")
 SCALE_PARTS = ("attn_scale", "mlp_scale")
 MISSING = object()
+INPUTS = ("text", "image", "text-generation")
 
 
 def expand(path: str, base: str, index: str | None = None) -> str:
@@ -137,7 +139,7 @@ class Family:
         missing = [key for key in needed if key not in self.entry]
         if missing:
             raise self.error(f"missing {', '.join(missing)} ({'; '.join(KEYS[key] for key in missing)})")
-        self._one_of("inputs", ("text", "image"))
+        self._one_of("inputs", INPUTS)
         self._one_of("source", quirks.SOURCES, optional=True)
         self._one_of("norm", ("pre", "post"), optional=True)
         self._one_of("layer_order", quirks.LAYER_ORDERS, optional=True)
@@ -180,8 +182,8 @@ class Family:
                 raise self.error(f"readout as a table is {{from: path, values: {{value: read-out}}}}; got {readout!r}")
             for value in readout["values"].values():
                 self._check_readout(value, table=False)
-        elif not (isinstance(readout, int) and not isinstance(readout, bool) or readout in ("mean", "mean-content")):
-            raise self.error(f"readout {readout!r} is none of: a token index, mean, mean-content, or "
+        elif not (isinstance(readout, int) and not isinstance(readout, bool) or readout in READOUTS[1:]):
+            raise self.error(f"readout {readout!r} is none of: a token index, {', '.join(READOUTS[1:])}, or "
                              "{from: path, values: {...}}")
 
     def _check_match(self, match: Any) -> None:

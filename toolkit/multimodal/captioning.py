@@ -86,12 +86,14 @@ class StepBatch:
     targets: torch.Tensor  # (S,) the step's token id
 
     @classmethod
-    def build(cls, sequences: list[list[int]], prompt_length: int, pad_id: int,
+    def build(cls, sequences: list[list[int]], prompt_length: int | list[int], pad_id: int,
               device: torch.device) -> "StepBatch":
+        """``prompt_length``: one for every sequence, or one per sequence (language models' prompts differ)."""
         length = max(len(s) for s in sequences)
+        starts = prompt_length if isinstance(prompt_length, list) else [prompt_length] * len(sequences)
         ids, mask, image_index, rows, targets = [], [], [], [], []
-        for i, sequence in enumerate(sequences):
-            for position in range(prompt_length, len(sequence)):
+        for i, (sequence, start) in enumerate(zip(sequences, starts)):
+            for position in range(start, len(sequence)):
                 ids.append(sequence + [pad_id] * (length - len(sequence)))
                 mask.append([1] * len(sequence) + [0] * (length - len(sequence)))
                 image_index.append(i)
