@@ -2,10 +2,13 @@
 read differently from how it was given."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
@@ -54,3 +57,16 @@ def warn(message: str) -> None:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, ToolkitWarning, stacklevel=level)
+
+
+@contextlib.contextmanager
+def quieted_log(name: str | None, level: int) -> Iterator[None]:
+    """Logger ``name`` (None: the root logger) held at ``level`` for the block: for a library's log lines that say
+    what the toolkit's own warning or error already says, with what to do."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..core.capture import Recorder
 from ..core.explicit_attention import explicit_attention
 from ..core.trace import Trace
-from ..errors import InputError, warn
+from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
 from ..multimodal.captioning import StepBatch, rows_of
