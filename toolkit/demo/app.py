@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from ..errors import ToolkitError
 from ..methods import list_methods
 from .config import TAB_TITLES, DemoConfig
 from .handlers import NO_COMPARISON, PREDICTED, VIEW_KINDS, Handlers
@@ -78,7 +79,7 @@ def _settings(handlers: Handlers, tab: str) -> dict[str, Any]:
     first = handlers.config.models(tab)[0].display
     try:
         return handlers.model_settings(tab, first)
-    except Exception as error:  # a hub model offline: the app still starts, and a request shows the reason
+    except (ToolkitError, OSError) as error:  # a hub model offline: the app starts, and a request says why
         log.warning("could not load %s for the %s tab yet: %s", first, tab, error)
         return {"methods": list_methods(), "method": "generic", "builtin": False, "zero_shot": False, "layers": 1,
                 "labels": [], "label_spec": ""}

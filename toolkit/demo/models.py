@@ -36,6 +36,7 @@ class LoadedModel:
     processor: Any
     explainer: Explainer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _zero_shot: tuple[tuple, Explainer] | None = field(default=None, repr=False)  # (labels, their Explainer)
 
     @property
     def name(self) -> str:
@@ -51,8 +52,11 @@ class LoadedModel:
             from ..zero_shot import DEFAULT_LABELS, ZeroShotTextClassifier
 
             labels = labels or self.entry.labels or DEFAULT_LABELS
-            classifier = ZeroShotTextClassifier(self.model, self.processor, labels)
-            yield Explainer(classifier, self.processor, name=self.entry.model)
+            key = tuple(labels.items())
+            if self._zero_shot is None or self._zero_shot[0] != key:  # encode the labels only when they change
+                classifier = ZeroShotTextClassifier(self.model, self.processor, labels)
+                self._zero_shot = key, Explainer(classifier, self.processor, name=self.entry.model)
+            yield self._zero_shot[1]
 
 
 def load_entry(tab: str, entry: ModelEntry) -> LoadedModel:
