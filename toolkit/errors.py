@@ -2,10 +2,13 @@
 read differently from how it was given."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 _PACKAGE = str(Path(__file__).resolve().parent) + os.sep
 
@@ -48,3 +51,16 @@ def warn(message: str) -> None:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, ToolkitWarning, stacklevel=level)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str | None) -> Iterator[None]:
+    """Inside the block, logger ``name`` (None: the root logger) passes on critical records only: for a library's
+    log lines that a toolkit error or warning says better."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import logging
 import os
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .adapters import supported_families
-from .errors import ModelLoadError, UnsupportedModelError, warn
+from .errors import ModelLoadError, UnsupportedModelError, quiet_logger, warn
 
 _OFFLINE_HINT = (
     "If this machine is offline, download the model once where there is network "
@@ -264,7 +263,8 @@ def load_open_clip(name: str, pretrained: str | None = "openai", **kwargs: Any):
                                  "or None for random weights.")
     downloads = name.startswith("hf-hub:") or (pretrained and not Path(pretrained).is_file())
     try:
-        with hub_access() if downloads else contextlib.nullcontext() as offline, _root_errors_silenced():
+        # quiet: open_clip logs ERROR:root lines for what it then raises, which the ModelLoadError below says
+        with hub_access() if downloads else contextlib.nullcontext() as offline, quiet_logger(None):
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
             tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError) as error:
@@ -279,19 +279,6 @@ def load_open_clip(name: str, pretrained: str | None = "openai", **kwargs: Any):
             "or pretrained=None for random weights."
         ) from error
     return model.eval(), (preprocess, tokenizer)
-
-
-@contextlib.contextmanager
-def _root_errors_silenced() -> Iterator[None]:
-    """Without the ``ERROR:root`` lines open_clip logs before it raises: the toolkit's own error says the same,
-    with what to do."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def guess_source(name: str) -> str:

@@ -3,10 +3,9 @@ words, so that relevance can be read per word."""
 from __future__ import annotations
 
 import contextlib
-import logging
-from typing import Any, Iterator
+from typing import Any
 
-from .errors import InputError, warn
+from .errors import InputError, quiet_logger, warn
 
 _WORD_START_MARKS = ("▁", "Ġ")
 NAMED_DROPPED_WORDS = 30  # a cut text's warning quotes at most this many of the words left out
@@ -144,17 +143,10 @@ def require_text(text: Any, name: str) -> None:
         raise InputError(f"{name} must be a non-empty string, got {text!r}.")
 
 
-@contextlib.contextmanager
-def no_length_notice() -> Iterator[None]:
+def no_length_notice() -> contextlib.AbstractContextManager:
     """Without transformers' "Token indices sequence length is longer than ..." log line: the toolkit tokenises
     texts in full on purpose, to measure them, and says itself what it cuts."""
-    logger = logging.getLogger("transformers.tokenization_utils_base")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet_logger("transformers.tokenization_utils_base")
 
 
 def _quoted(words: str) -> str:
