@@ -144,9 +144,21 @@ def test_image_tensors_are_read_in_every_layout_arrays_are(vit, scene):
     with pytest.raises(InputError, match=r"Image #0 has NaN or infinite pixels"):
         vit.explain(torch.full((3, 64, 64), float("nan")))
     with pytest.raises(InputError, match=r"Image #1 has NaN or infinite pixels"):
-        vit.explain([rgb, np.full((8, 8, 3), np.nan)])
+        vit.explain([rgb, np.full((64, 64, 3), np.nan)])
     with pytest.raises(InputError, match=r"shape \(1, 1, 3, 64, 64\).*HxW, HxWxC or CxHxW"):
         vit.explain(torch.zeros(1, 1, 3, 64, 64))
+
+
+def test_image_text_models_take_image_batches_as_classifiers_do(clip, scene):
+    rgb = np.asarray(scene)
+    batch = torch.from_numpy(np.stack([rgb, rgb[:, ::-1].copy()])).permute(0, 3, 1, 2)  # B x C x H x W, uint8
+    from_batch = clip.explain(image=batch, text="a red circle")
+    from_list = clip.explain(image=[rgb, rgb[:, ::-1].copy()], text="a red circle")
+    assert len(from_batch) == 2
+    for got, want in zip(from_batch, from_list):
+        np.testing.assert_allclose(got.heatmap, want.heatmap, rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match="Image #1 is of type NoneType"):
+        clip.explain(image=[scene, None], text="a red circle")
 
 
 # --- L: EXIF orientation -------------------------------------------------------------------------------
