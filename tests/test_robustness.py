@@ -312,6 +312,17 @@ def test_gradient_methods_work_under_inference_mode(bert, vit, scene):
         np.testing.assert_allclose(got.heatmap, image_expected.heatmap, rtol=1e-6)
 
 
+def test_a_model_made_in_inference_mode_is_refused_for_gradient_methods(tokenizer, bert):
+    with torch.inference_mode():
+        model = make_classifier(tokenizer)
+    explainer = Explainer(model, tokenizer)
+    with pytest.raises(UnsupportedModelError, match=r"made under torch.inference_mode\(\), and 'generic' needs "
+                                                    r"gradients.*without gradients: lrp, partial_lrp, raw_attention"):
+        explainer.explain("a red circle", method="generic")
+    np.testing.assert_allclose(explainer.explain("a red circle", method="rollout").scores,
+                               bert.explain("a red circle", method="rollout").scores, rtol=1e-6)
+
+
 # --- H: saving and loading ----------------------------------------------------------------------------
 def test_explanation_files_are_checked(tmp_path, bert):
     explanation = bert.explain("a red circle", method="generic")
