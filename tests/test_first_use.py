@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from toolkit import Explainer, InputError, UnsupportedModelError, zoo
+from toolkit import Explainer, InputError, ToolkitWarning, UnsupportedModelError, zoo
 from toolkit.explainer import _warn_if_uninformative
 from toolkit.explanation import Explanation
 from toolkit.zero_shot import ZeroShotTextClassifier, bundled_minilm_path
@@ -143,7 +143,7 @@ def test_method_that_cannot_apply_is_refused_before_any_work(zero_shot):
 
 # --- maps that say nothing say so -----------------------------------------------------------------------
 def test_all_zero_map_warns_with_the_reason(zero_shot):
-    with pytest.warns(UserWarning, match="zero everywhere: it keeps only positive gradient-weighted attention"):
+    with pytest.warns(ToolkitWarning, match="zero everywhere: it keeps only positive gradient-weighted attention"):
         exp = zero_shot.explain(README_TEXT, method="attention_gradcam")
     assert not np.abs(exp.scores).max() > 0
 
@@ -158,14 +158,14 @@ def test_constant_map_warns(tiny_bert):
         for part in (layer.attention.self.query, layer.attention.self.key):
             torch.nn.init.zeros_(part.weight)
             torch.nn.init.zeros_(part.bias)
-    with pytest.warns(UserWarning, match="the same .* everywhere"):
+    with pytest.warns(ToolkitWarning, match="the same .* everywhere"):
         Explainer(uniform, tokenizer).explain("a quiet film", method="raw_attention")
 
 
 def test_nan_map_warns():
     exp = Explanation(method="generic", model="m", target=0, label="x", probability=0.5,
                       scores=np.array([0.0, np.nan, 1.0], dtype=np.float32), tokens=["a", "b", "c"])
-    with pytest.warns(UserWarning, match="NaN"):
+    with pytest.warns(ToolkitWarning, match="NaN"):
         _warn_if_uninformative(exp, 3, "reason")
 
 
@@ -264,7 +264,7 @@ def test_train_and_eval_modes_are_restored(tiny_bert):
 def test_input_ids_without_attention_mask_warn(tiny_bert):
     model, tokenizer = tiny_bert
     enc = tokenizer(["a film", "a much longer film"], padding=True, return_tensors="pt")
-    with pytest.warns(UserWarning, match=r"without an attention_mask.*padding included \(2 padding"):
+    with pytest.warns(ToolkitWarning, match=r"without an attention_mask.*padding included \(2 padding"):
         Explainer(model, tokenizer).explain({"input_ids": enc["input_ids"]}, method="generic")
 
 
@@ -291,7 +291,7 @@ def test_image_errors_name_the_position_in_the_whole_input(tmp_path):
 def test_scene_model_on_a_photo_says_what_it_was_trained_on():
     explainer = Explainer(*zoo.load("vit"), name="vit")
     photo = np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)
-    with pytest.warns(UserWarning, match="500x375.*trained on 64x64 synthetic scenes"):
+    with pytest.warns(ToolkitWarning, match="500x375.*trained on 64x64 synthetic scenes"):
         explainer.explain(photo, method="generic")
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from toolkit import Explainer
-from toolkit.errors import InputError
+from toolkit.errors import InputError, ToolkitWarning
 from toolkit.labels import find_label
 
 
@@ -145,7 +145,7 @@ def test_image_folder_without_processor_uses_vits_default_with_a_warning(tmp_pat
 
     model = make_hf_vit()
     model.save_pretrained(tmp_path)
-    with pytest.warns(UserWarning, match="no image processor.*ViTImageProcessor, resizing to 32x32") as caught:
+    with pytest.warns(ToolkitWarning, match="no image processor.*ViTImageProcessor, resizing to 32x32") as caught:
         loaded = Explainer.from_pretrained(str(tmp_path))
     assert not [w for w in caught if "RANDOM CLASSIFIER" in str(w.message)]
     processor = loaded.adapter.processor
@@ -188,7 +188,7 @@ def test_bare_encoders_warn_that_the_head_is_random(tmp_path, wordpiece, no_netw
                          num_attention_heads=4, intermediate_size=48)).save_pretrained(bert)
     wordpiece.save_pretrained(bert)
     for folder, bare in ((vit, "ViTModel"), (bert, "BertModel")):
-        with pytest.warns(UserWarning, match=f"RANDOM CLASSIFIER.*\\({bare}\\).*classifier.bias, classifier.weight"
+        with pytest.warns(ToolkitWarning, match=f"RANDOM CLASSIFIER.*\\({bare}\\).*classifier.bias, classifier.weight"
                                              ".*meaningless"):
             Explainer.from_pretrained(str(folder))
 

@@ -60,13 +60,13 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def quieted_log(name: str | None, level: int) -> Iterator[None]:
-    """Logger ``name`` (None: the root logger) held at ``level`` for the block: for a library's log lines that say
-    what the toolkit's own warning or error already says, with what to do."""
+def quiet_logger(name: str | None) -> Iterator[None]:
+    """Inside the block, logger ``name`` (None: the root logger) passes on critical records only: for a library's
+    log lines that a toolkit error or warning says better."""
     logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(level)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(before)
+        logger.setLevel(level)

@@ -152,6 +152,12 @@ class Explainer:
         refusal = self.method_refusal(name)
         if refusal is not None:
             raise UnsupportedModelError(refusal)
+        if method_cls.needs_gradients and any(p.is_inference() for p in self.model.parameters()):
+            gradient_free = [m for m in self.applicable_methods() if not get_method(m).needs_gradients]
+            raise UnsupportedModelError(
+                f"The model's weights were made under torch.inference_mode(), and {name!r} needs gradients, which "
+                "autograd cannot take through such tensors: create or load the model outside inference mode "
+                f"(torch.no_grad() is fine), or use a method without gradients: {', '.join(gradient_free)}.")
         options = {key: keywords.pop(key) for key in list(keywords) if key in method_cls.extra_options}
         method_impl = method_cls(start_layer=start_layer, **options)
         _note_scene_model_on_photos(self.model, inputs if inputs is not None else keywords.get("image"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
-import logging
 import os
 import urllib.error
 import urllib.request
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .adapters import supported_families
-from .errors import ModelLoadError, UnsupportedModelError, quieted_log, warn
+from .errors import ModelLoadError, UnsupportedModelError, quiet_logger, warn
 
 _OFFLINE_HINT = (
     "If this machine is offline, download the model once where there is network "
@@ -264,7 +263,8 @@ def load_open_clip(name: str, pretrained: str | None = "openai", **kwargs: Any):
                                  "or None for random weights.")
     downloads = name.startswith("hf-hub:") or (pretrained and not Path(pretrained).is_file())
     try:
-        with hub_access() if downloads else contextlib.nullcontext() as offline, quieted_log(None, logging.CRITICAL):
+        # quiet: open_clip logs ERROR:root lines for what it then raises, which the ModelLoadError below says
+        with hub_access() if downloads else contextlib.nullcontext() as offline, quiet_logger(None):
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
             tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError) as error:

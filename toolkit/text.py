@@ -3,11 +3,10 @@ words, so that relevance can be read per word."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import string
 from typing import Any
 
-from .errors import InputError, quieted_log, warn
+from .errors import InputError, quiet_logger, warn
 
 _WORD_START_MARKS = ("▁", "Ġ")
 NAMED_DROPPED_WORDS = 30  # a cut text's warning quotes at most this many of the words left out
@@ -160,7 +159,7 @@ def require_text(text: Any, name: str) -> None:
 def no_length_notice() -> contextlib.AbstractContextManager:
     """Without transformers' "Token indices sequence length is longer than ..." log line: the toolkit tokenises
     texts in full on purpose, to measure them, and says itself what it cuts."""
-    return quieted_log("transformers.tokenization_utils_base", logging.ERROR)
+    return quiet_logger("transformers.tokenization_utils_base")
 
 
 def _quoted(words: str) -> str:

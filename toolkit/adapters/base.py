@@ -117,9 +117,9 @@ class DeclaredAdapter(ModelAdapter):
     wrong entry is reported before any input is read."""
 
     def __init__(self, model: nn.Module, processor: Any, declaration: Family):
-        super().__init__(model, processor)
         self.declaration = declaration
-        self.family = declaration.name
+        self.family = declaration.name  # before the processor's check, whose message names the family
+        super().__init__(model, processor)
         self.layout = declaration.bind(model)
         self._spec = self.build_spec()
 

@@ -168,7 +168,7 @@ def _split_pairs(inputs: Any, text_pair: Any, first_index: int = 0) -> tuple[lis
         first, second = item if isinstance(item, tuple) else (item, None)
         for part in (first, second):
             if part is not None and not isinstance(part, str):
-                raise InputError(f"Text #{index} is a {type(part).__name__}, not a string.")
+                raise InputError(f"Text #{index} is of type {type(part).__name__}, not a string.")
             if part is not None and not part.strip():
                 raise InputError(f"Text #{index} is empty: there is nothing to explain.")
         firsts.append(first)

@@ -111,8 +111,9 @@ class ImageClassifierAdapter(DeclaredAdapter):
             raise InputError("The pixel_values in one call have different sizes "
                              f"({', '.join(sorted({_size(p.shape[-2:]) for p in pixels}))}): explain them in "
                              "separate calls.")
-        return torch.stack(pixels), [{} if torch.is_tensor(item) else original_geometry(item, self.processor)
-                                     for item in read]
+        dtype = next(self.model.parameters()).dtype
+        return torch.stack([p.to(dtype) for p in pixels]), [
+            {} if torch.is_tensor(item) else original_geometry(item, self.processor) for item in read]
 
     def _pixel_values_or_image(self, item: Any, index: int) -> torch.Tensor | Image.Image:
         """A tensor the model reads as it is (3xHxW), or the RGB image ``item`` holds.
@@ -158,11 +159,11 @@ class ImageClassifierAdapter(DeclaredAdapter):
         unknown = sorted(set(inputs) - {"pixel_values"})
         if unknown or "pixel_values" not in inputs:
             raise InputError(f"An image classifier takes {{'pixel_values': tensor}}; got the keys {sorted(inputs)}.")
-        pixels = torch.as_tensor(inputs["pixel_values"])
-        pixels = pixels.unsqueeze(0) if pixels.dim() == 3 else pixels
+        given = torch.as_tensor(inputs["pixel_values"])
+        pixels = given.unsqueeze(0) if given.dim() == 3 else given
         if pixels.dim() != 4 or pixels.shape[1] != 3 or not pixels.is_floating_point():
             raise InputError("pixel_values must be a float tensor shaped (B, 3, H, W) or (3, H, W); got "
-                             f"{pixels.dtype} {tuple(inputs['pixel_values'].shape)}.")
+                             f"{given.dtype} {tuple(given.shape)}.")
         if not bool(torch.isfinite(pixels).all()):
             raise InputError("pixel_values hold NaN or infinite values: there is no image to read.")
         expected = self.input_size()

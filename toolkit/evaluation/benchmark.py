@@ -482,12 +482,13 @@ def run_benchmark(settings: BenchmarkSettings) -> list[BenchmarkRow]:
     """Every applicable method on every chosen zoo model over its held-out scenes; prints and saves the table.
 
     A model that none of the methods applies to is left out with a warning; a ConfigError when that leaves
-    nothing to compute (before anything is computed)."""
+    nothing to compute, and an InputError when ``settings.out`` cannot be written, both before anything is
+    computed."""
     tasks = {model: default_task(model, settings.seed) for model in settings.models}
     idle = {model: task for model, task in tasks.items() if not task.applicable(settings.methods)}
     if len(idle) == len(tasks):
         raise ConfigError(f"Nothing to compute: {_nothing_applies(list(idle.values()), settings.methods)}.")
-    folder = output_folder(settings.out, "the benchmark's out folder")
+    folder = output_folder(settings.out, "the benchmark's out folder")  # before the work, not after it
     if idle:
         warn(f"Left out: {_nothing_applies(list(idle.values()), settings.methods)}.")
     rows = []

@@ -16,7 +16,7 @@ from ..core.explicit_attention import explicit_attention
 from ..core.propagation import head_mean_positive
 from ..core.trace import Trace
 from ..errors import InputError, UnsupportedModelError
-from ..images import to_rgb
+from ..images import image_items, to_rgb
 from ..methods import Method
 
 
@@ -120,10 +120,10 @@ class MultimodalAdapter(ABC):
                 f"use one of {', '.join(self.supported_methods)}.")
 
     def images(self, image: Any) -> list:
-        images = image if isinstance(image, (list, tuple)) else [image]
-        if not images or images[0] is None:
+        """The RGB images in ``image``: one image, a list, or a 4-d array or tensor (as classifiers read them)."""
+        if image is None:
             raise InputError("No image given: pass image=<PIL image, array or path>.")
-        return [to_rgb(im, i) for i, im in enumerate(images)]
+        return [to_rgb(im, i) for i, im in enumerate(image_items(image))]
 
     def capture(self, run: Callable[[], tuple[Any, torch.Tensor]], needs_gradients: bool) -> Captured:
         """Run ``run()`` -> (outputs, per-sample objective) with every site hooked; gradients of the
