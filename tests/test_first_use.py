@@ -311,3 +311,30 @@ def test_cli_start_layers_of_clip(tmp_path, capsys):
     assert "start_layer_text=5 is out of range for the text tower" in capsys.readouterr().err
     assert main(["explain", "--text", "fine", "--start-layer-text", "1", "--out", str(tmp_path / "c")]) == 2
     assert "--start-layer-text is the text tower's start layer" in capsys.readouterr().err
+
+
+def test_image_files_beyond_the_pixel_limit_are_refused_and_the_limit_restored(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import toolkit.images as images
+
+    path = tmp_path / "large.png"
+    Image.new("RGB", (40, 30)).save(path)
+    before = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(images, "MAX_FILE_PIXELS", 1000)  # 1,200 pixels: over it
+    with pytest.raises(InputError, match=r"large.png has more than 1,000 pixels"):
+        images.to_rgb(path)
+    assert Image.MAX_IMAGE_PIXELS == before  # PIL's own limit is left as it was for everyone else
+    monkeypatch.setattr(images, "MAX_FILE_PIXELS", 2000)
+    assert images.to_rgb(path).size == (40, 30)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_cli_digit_target_of_a_vqa_model_is_the_answer_of_that_name(tmp_path):
+    """Count answers are digits: --target 2 names the answer "2", as the library reads it, not answer index 2."""
+    from toolkit.cli import main
+
+    scenes(1, 17)[0].image.save(tmp_path / "scene.png")
+    assert main(["explain", "--model", "vilt", "--image", str(tmp_path / "scene.png"), "--question",
+                 "how many shapes are there?", "--target", "2", "--out", str(tmp_path / "out")]) == 0
+    assert Explanation.load(tmp_path / "out" / "explanation_000.npz").answer == "2"

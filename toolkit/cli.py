@@ -71,13 +71,6 @@ def _load(args) -> Explainer:
     return Explainer.from_pretrained(args.model, source=source, **kwargs)
 
 
-def _parse_target(target: str | None) -> int | str | None:
-    """A class (or answer) index when ``target`` is a whole number, else a label (or answer) name."""
-    if target is None:
-        return None
-    return int(target) if re.fullmatch(r"\s*[+-]?\d+\s*", target) else target
-
-
 def _positive(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:
@@ -114,7 +107,7 @@ def explain_command(args) -> int:
         return explain_image_text(explainer, args, out)
     _check_classifier_inputs(explainer, args)
     method = args.method or explainer.default_method
-    target = _parse_target(args.target)
+    target = args.target  # a label (or answer) name, or digits: the library tells them apart
     explanations = explainer.explain(list(inputs), method=method, target=target, start_layer=args.start_layer,
                                      batch_size=args.batch_size)
     sections = []
@@ -192,7 +185,7 @@ def explain_image_text(explainer: Explainer, args, out: Path) -> int:
     images, values = list(args.image), given.get(keyword)
     if keyword == "caption" and values is not None and len(values) == 1:
         values = values[0]  # one caption for every image
-    results = explainer.explain(image=images, method=args.method, target=_parse_target(args.target),
+    results = explainer.explain(image=images, method=args.method, target=args.target,
                                 start_layer=args.start_layer, **({keyword: values} if values is not None else {}),
                                 **({} if args.start_layer_text is None else {"start_layer_text": args.start_layer_text}))
     if keyword == "text":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps
 
 from .errors import InputError, warn
 
+MAX_FILE_PIXELS = 250_000_000  # a file of more pixels is refused before it is decoded (PIL's bomb check)
 MAX_SIDE = 4096  # larger images are downscaled first: no model here reads more, and memory stays bounded
 IMAGE_KINDS = ("pass a PIL image, a file path, or a numpy array or tensor shaped HxW, HxWxC or CxHxW (C = 1, 3 "
                "or 4; several images: a list, or a 4-d array or tensor)")
@@ -119,13 +121,21 @@ def _upright(image: Image.Image) -> Image.Image:
 def _open(path: Path, index: int) -> Image.Image:
     """The image in ``path``, decoded now (PIL opens lazily, so a broken file would otherwise fail later, deep
     inside a processor) and upright."""
-    Image.MAX_IMAGE_PIXELS = None  # we downscale huge images ourselves in to_rgb
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_FILE_PIXELS  # ours for this read, then PIL's again
     try:
-        image = Image.open(path)
-    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
-        raise _unreadable(index, path, error) from error
-    image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
-    return _upright(_decoded(image, index, path))
+        try:
+            with warnings.catch_warnings():  # PIL only warns between one and two times its limit
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise InputError(f"Image #{index}: {path} has more than {MAX_FILE_PIXELS:,} pixels; downscale it "
+                             "first (the models read a few hundred pixels a side).") from error
+        except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+            raise _unreadable(index, path, error) from error
+        image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size directly
+        return _upright(_decoded(image, index, path))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _decoded(image: Image.Image, index: int, path: Any = None) -> Image.Image:

@@ -57,7 +57,7 @@ class ModelEntry(BaseModel):
     @property
     def key(self) -> tuple[str, str, str | None]:
         """Entries with the same key share one loaded model (the zero-shot labels are chosen per request)."""
-        return ("builtin" if self.is_builtin else self.source, self.model, self.pretrained)
+        return (self.resolved_source, self.model, self.pretrained)
 
     @property
     def display(self) -> str:

@@ -29,7 +29,8 @@ MAX_CAPTIONS = 8
 VIEW_KINDS = {"text": ("head", "model", "neuron"), "image": ("image",)}
 
 
-def require_text(value: str | None, what: str, limit: int) -> str:
+def request_text(value: str | None, what: str, limit: int) -> str:
+    """A request's text, stripped: refused when empty or longer than the demo serves (``limit`` characters)."""
     text = (value or "").strip()
     if not text:
         raise InputError(f"Enter {what} first.")
@@ -143,7 +144,7 @@ class Handlers:
     def explain_text(self, model: str, text: str, label_spec: str, method: str, compare: str, start_layer: Any,
                      target: Any) -> tuple:
         loaded = self.cache.get("text", model)
-        text = require_text(text, "a text to classify", self.config.serving.max_text_chars)
+        text = request_text(text, "a text to classify", self.config.serving.max_text_chars)
         labels = parse_labels(label_spec) if loaded.entry.is_zero_shot else None
         methods = chosen_methods(method, compare)
         with loaded.session(labels) as explainer:
@@ -208,7 +209,7 @@ class Handlers:
                     target: Any) -> tuple:
         loaded = self.cache.get("vqa", model)
         image = self.image(path)
-        question = require_text(question, "a question about the image", self.config.serving.max_text_chars)
+        question = request_text(question, "a question about the image", self.config.serving.max_text_chars)
         methods = chosen_methods(method, compare)
         scene = self.scene_of(loaded, image)
         truth = question_truth(scene, question) if scene is not None else None
@@ -230,7 +231,7 @@ class Handlers:
         (per-token overlays, earlier-token relevance, ground truth) for the step viewer."""
         loaded = self.cache.get("captioning", model)
         image = self.image(path)
-        caption = require_text(caption, "a caption to explain", self.config.serving.max_text_chars) if given else None
+        caption = request_text(caption, "a caption to explain", self.config.serving.max_text_chars) if given else None
         methods = chosen_methods(method, compare)
         scene = self.scene_of(loaded, image)
         with loaded.session() as explainer:
@@ -293,10 +294,10 @@ class Handlers:
                 page = views.image_attention_view(loaded.model, image, loaded.processor)
         else:
             limit = self.config.serving.max_text_chars
-            first = require_text(text_a, "a text", limit)
+            first = request_text(text_a, "a text", limit)
             second = (text_b or "").strip() or None
             if second is not None:
-                second = require_text(second, "a second sentence", limit)
+                second = request_text(second, "a second sentence", limit)
             tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
             view_of = {"head": views.head_view, "model": views.model_view, "neuron": views.neuron_view}[view]
             with loaded.lock:
