@@ -338,3 +338,16 @@ def test_cli_digit_target_of_a_vqa_model_is_the_answer_of_that_name(tmp_path):
     assert main(["explain", "--model", "vilt", "--image", str(tmp_path / "scene.png"), "--question",
                  "how many shapes are there?", "--target", "2", "--out", str(tmp_path / "out")]) == 0
     assert Explanation.load(tmp_path / "out" / "explanation_000.npz").answer == "2"
+
+
+@pytest.mark.parametrize("options", [{}, {"do_normalize": False}, {"image_mean": [0.2, 0.3, 0.4], "image_std": [0.1, 0.2, 0.3]}])
+def test_the_image_shown_is_the_one_given_whatever_the_normalisation(options):
+    """The model's view is shown with the processor's own normalisation undone (none when it does not normalise)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=32, num_labels=2))
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    exp = Explainer(model, ViTImageProcessor(size={"height": 32, "width": 32}, **options)).explain(image, method="generic")
+    assert np.abs(exp.image.astype(int) - image.astype(int)).max() <= 1

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import re
 import sys
 import warnings
 from pathlib import Path

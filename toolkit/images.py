@@ -80,6 +80,24 @@ def image_items(images: Any) -> list:
     return [images]
 
 
+def processor_normalisation(processor: Any, model: Any = None) -> tuple | None:
+    """The (mean, std) that ``processor`` normalises images with: a Hugging Face image processor's own ((0, 1) when
+    it does not normalise), a torchvision/timm transform's Normalize step, or, with no processor, a timm model's
+    pretrained config; None when it cannot be known. Undoing it shows an image as the model saw it."""
+    if processor is None:
+        config = getattr(model, "pretrained_cfg", None) or {}
+        return (config["mean"], config["std"]) if "mean" in config and "std" in config else None
+    image_processor = getattr(processor, "image_processor", processor)
+    if hasattr(image_processor, "image_mean"):
+        if not getattr(image_processor, "do_normalize", True):
+            return (0.0, 1.0)
+        mean, std = image_processor.image_mean, getattr(image_processor, "image_std", None)
+        return None if mean is None or std is None else (mean, std)
+    steps = getattr(processor, "transforms", [])
+    normalise = next((step for step in steps if hasattr(step, "mean") and hasattr(step, "std")), None)
+    return (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0) if steps else None
+
+
 def image_size(image: Any) -> tuple[int, int] | None:
     """(width, height) of an image, upright, given as a PIL image, an HxW(xC) or CxHxW array or a readable file;
     None otherwise (tensors, which may be preprocessed, and files that are not readable images: those are

@@ -9,6 +9,7 @@ import numpy as np
 import torch.nn as nn
 
 from ..errors import InputError, warn
+from ..images import processor_normalisation
 
 
 def albert_shared(model: nn.Module, found: list[tuple[tuple[int, ...], str, nn.Module]]
@@ -60,8 +61,8 @@ class HuggingFaceImages:
         return image_processor
 
     def normalisation(self, processor: Any) -> tuple[np.ndarray, np.ndarray]:
-        mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
-        std = getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]
+        """(mean, std) of ``processor``'s normalisation (ViT's default 0.5 when it does not say)."""
+        mean, std = processor_normalisation(processor) or ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
 
     def input_size(self) -> tuple[int, int] | None:
@@ -96,8 +97,12 @@ class TimmImages(HuggingFaceImages):
         return create_transform(**self._data_config())
 
     def normalisation(self, processor: Any) -> tuple[np.ndarray, np.ndarray]:
-        config = self._data_config()
-        return np.asarray(config["mean"], dtype=np.float32), np.asarray(config["std"], dtype=np.float32)
+        """(mean, std) of ``processor``'s Normalize step, else of the model's data config."""
+        found = processor_normalisation(processor) if processor is not None else None
+        if found is None:
+            config = self._data_config()
+            found = config["mean"], config["std"]
+        return np.asarray(found[0], dtype=np.float32), np.asarray(found[1], dtype=np.float32)
 
     def input_size(self) -> tuple[int, int] | None:
         embed = self.model.patch_embed

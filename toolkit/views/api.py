@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..images import to_rgb
+from ..images import processor_normalisation, to_rgb
 from . import html
 from .data import AttentionStack, ImageAttention, check_image_model, image_attention, text_attention
 from .payload import DIVERGING_LUT, image_payload, links_stack, neuron_stack
@@ -237,23 +237,6 @@ def _pixel_values(image, processor) -> torch.Tensor:
     return pixel_values
 
 
-def _normalisation(model: nn.Module, processor) -> tuple | None:
-    """The (mean, std) that ``processor`` normalises images with: a Hugging Face image processor's own, a
-    torchvision/timm transform's Normalize step, or, with no processor, a timm model's pretrained config; None
-    when it cannot be known."""
-    if processor is None:
-        config = getattr(model, "pretrained_cfg", None) or {}
-        return (config["mean"], config["std"]) if "mean" in config and "std" in config else None
-    image_processor = getattr(processor, "image_processor", processor)
-    if hasattr(image_processor, "image_mean"):
-        if not getattr(image_processor, "do_normalize", True):
-            return (0.0, 1.0)
-        return image_processor.image_mean, image_processor.image_std
-    steps = getattr(processor, "transforms", [])
-    normalise = next((step for step in steps if hasattr(step, "mean") and hasattr(step, "std")), None)
-    return (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0) if steps else None
-
-
 def _check_image_state(attention: ImageAttention, state: dict) -> dict:
     layers, heads, n_tokens, _ = attention.weights.shape
     query = state["query"]
@@ -276,7 +259,7 @@ def image_attention_view(model: nn.Module, image, processor=None, *, layer: int 
     the page makes it the query; the thumbnails below show every layer and head for that query.
     """
     check_image_model(model)
-    attention = image_attention(model, _pixel_values(image, processor), _normalisation(model, processor))
+    attention = image_attention(model, _pixel_values(image, processor), processor_normalisation(processor, model))
     payload = {"view": "image", **image_payload(attention)}
     state = {"layer": layer, "head": head, "query": query}
     height = 430 + attention.weights.shape[0] * 70
