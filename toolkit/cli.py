@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import Explainer, ToolkitError, list_methods, loading, render, supported_families, zoo
-from .errors import ToolkitWarning, warn
+from .errors import ToolkitWarning
 from .paths import output_folder
 from .multimodal import MultimodalAdapter
 from .multimodal.clip import pair_grid
@@ -24,27 +24,16 @@ IMAGE_TEXT_INPUTS = {"image-text similarity": "text", "visual question answering
 
 
 def _parse_labels(spec: str | None) -> dict[str, str] | None:
-    """'positive=I loved it;negative=I hated it' or 'positive,negative' (the name serves as description). A spec
-    with no label in it, a label without a name, or a name given twice (in any case) is an error; a single label is
-    warned about: the zero-shot classifier compares a text with its labels, so with one its probability is 1."""
+    """'positive=I loved it;negative=I hated it' or 'positive,negative' (the name serves as description), checked
+    by :func:`toolkit.zero_shot.checked_labels`."""
     if spec is None:
         return None
+    from .zero_shot import checked_labels
+
     separator = ";" if ";" in spec or "=" in spec else ","
-    labels: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in spec.split(separator))):
-        name, _, description = (part.strip() for part in item.partition("="))
-        if not name:
-            raise ToolkitError(f"--labels: {item!r} has no label name before '='; write 'name=description;...'.")
-        if name.lower() in (known.lower() for known in labels):
-            raise ToolkitError(f"--labels names {name!r} twice: give each label its own name.")
-        labels[name] = description or name
-    if not labels:
-        raise ToolkitError(f"--labels {spec!r} holds no label: write 'positive=I loved it;negative=I hated it' or "
-                           "'positive,negative'.")
-    if len(labels) == 1:
-        warn(f"--labels gives one label ({next(iter(labels))!r}): a zero-shot classifier compares a text with its "
-             "labels, so with one its probability is always 1. Give at least two labels to compare.")
-    return labels
+    pairs = [part.strip().partition("=")[::2] for part in spec.split(separator) if part.strip()]
+    return checked_labels(pairs, f"--labels {spec!r}" if not pairs else "--labels", "=",
+                          "'positive=I loved it;negative=I hated it' or 'positive,negative'")
 
 
 def _load(args) -> Explainer:

@@ -13,9 +13,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelLoadError, warn
 
 DEFAULT_LABELS = {"positive": "This is great, I loved it.", "negative": "This is terrible, I hated it."}
+
+
+def checked_labels(pairs: list[tuple[str, str]], where: str, mark: str, example: str) -> dict[str, str]:
+    """Zero-shot labels from (name, description) pairs as a user wrote them, split at ``mark`` (``where`` names the
+    place, ``example`` shows the form): a nameless label, a name given twice (in any case) or no label at all is an InputError; a
+    description left out is the name itself; a single label is warned about, since with one its probability is 1."""
+    labels: dict[str, str] = {}
+    for name, description in pairs:
+        name, description = name.strip(), description.strip()
+        if not name:
+            raise InputError(f"{where}: {mark + description!r} has no label name before {mark!r}; write {example}.")
+        if name.lower() in (known.lower() for known in labels):
+            raise InputError(f"{where} names {name!r} twice: give each label its own name.")
+        labels[name] = description or name
+    if not labels:
+        raise InputError(f"{where} holds no label: write {example}.")
+    if len(labels) == 1:
+        warn(f"{where} gives one label ({next(iter(labels))!r}): a zero-shot classifier compares a text with its "
+             "labels, so with one its probability is always 1. Give at least two labels to compare.")
+    return labels
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

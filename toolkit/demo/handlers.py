@@ -16,7 +16,7 @@ from ..explanation import Explanation
 from ..images import to_rgb
 from ..methods import get_method
 from ..multimodal import MultimodalAdapter
-from ..zero_shot import DEFAULT_LABELS
+from ..zero_shot import DEFAULT_LABELS, checked_labels
 from . import display
 from .config import DemoConfig
 from .models import LoadedModel, ModelCache
@@ -41,16 +41,12 @@ def request_text(value: str | None, what: str, limit: int) -> str:
 
 
 def parse_labels(spec: str | None) -> dict[str, str]:
-    """Zero-shot labels, one per line (or separated by ';'): ``name: description`` or just ``name``."""
-    labels: dict[str, str] = {}
-    for line in (spec or "").replace(";", "\n").splitlines():
-        name, separator, description = line.partition(":") if ":" in line else line.partition("=")
-        name = name.strip()
-        if name:
-            labels[name] = description.strip() or name
-    if not labels:
-        raise InputError("Give at least one label, one per line: `name: a sentence describing it`.")
-    return labels
+    """Zero-shot labels, one per line (or separated by ';'): ``name: description`` or just ``name``, checked by
+    :func:`toolkit.zero_shot.checked_labels`."""
+    lines = [line for line in (spec or "").replace(";", "\n").splitlines() if line.strip()]
+    pairs = [line.partition(":" if ":" in line else "=")[::2] for line in lines]
+    return checked_labels(pairs, "The label list", ":",
+                          "at least one label, one per line: `name: a sentence describing it`")
 
 
 def parse_target(value: Any) -> str | None:
