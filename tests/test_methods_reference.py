@@ -198,12 +198,12 @@ def test_hooks_released_when_adapter_or_lrp_raises(fresh_cases, case_name, monke
     monkeypatch.undo()
     _assert_clean(case.model, before)
 
-    import toolkit.explainer as explainer_module
+    import toolkit.core.engine as engine_module
 
     def lrp_fails(*args, **kwargs):
         raise RuntimeError("boom in lrp")
 
-    monkeypatch.setattr(explainer_module, "lrp_through_layers", lrp_fails)
+    monkeypatch.setattr(engine_module, "lrp_through_layers", lrp_fails)
     with pytest.raises(RuntimeError, match="boom in lrp"):
         explainer.explain(case.item(0), method="lrp")
     monkeypatch.undo()

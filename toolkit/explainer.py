@@ -15,11 +15,8 @@ from tqdm.auto import tqdm
 
 from . import loading
 from .adapters import Batch, FamilySource, ModelAdapter, adapter_for
-from .core.capture import Recorder
-from .core.explicit_attention import explicit_attention
-from .core.lrp import working
-from .core.propagation import lrp_through_layers
-from .core.trace import Trace
+from .core import engine
+from .core.propagation import one_hot
 from .errors import InputError, UnsupportedModelError, warn
 from .explanation import Explanation
 from .images import image_items
@@ -77,18 +74,20 @@ class Explainer:
     def method_refusal(self, method: str) -> str | None:
         """Why ``method`` cannot explain this model (checked before any work), or None when it can."""
         method_cls = get_method(method)
-        if isinstance(self.adapter, MultimodalAdapter):
-            supported = self.adapter.supported_methods
-            if method_cls.name not in supported:
-                return (f"Method {method_cls.name!r} is not available for {self.adapter.family} models; "
-                        f"use one of {', '.join(supported)}.")
+        reason = self._refusal(method_cls)
+        if reason is None:
             return None
+        applicable = [name for name in list_methods() if self._refusal(get_method(name)) is None]
+        return f"{reason.rstrip('.')}. Methods that apply: {', '.join(applicable)}."
+
+    def _refusal(self, method_cls: type[Method]) -> str | None:
+        if isinstance(self.adapter, MultimodalAdapter):
+            return self.adapter.refusal(method_cls)
         if method_cls.needs_lrp:
             try:
                 self.adapter.spec.check_lrp()
             except UnsupportedModelError as error:
-                applicable = [m for m in list_methods() if not get_method(m).needs_lrp]
-                return f"{error} Methods that apply: {', '.join(applicable)}."
+                return str(error)
         return None
 
     def applicable_methods(self) -> list[str]:
@@ -215,43 +214,32 @@ class Explainer:
     # --- one batch: one forward, at most one backward ------------------------------------------
     def _explain_batch(self, batch: Batch, method: Method, targets: list[int | None], first_index: int = 0
                        ) -> list[Explanation]:
-        spec = self.adapter.spec
-        with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec:
-            for layer in spec.layers:
-                rec.record_attention(layer.attention, layer.extract_probs)
-                if method.needs_lrp:
-                    for module in layer.recorded_modules():
-                        rec.record(module)
-            if method.needs_lrp:
-                for module in spec.head:
-                    rec.record(module)
-            if method.needs_input_relevance:
-                for module in self.adapter.input_modules():
-                    rec.record(module)
-            if method.needs_gradients:
-                rec.start_graph_at(spec.layers[0].block)
-            with torch.set_grad_enabled(method.needs_gradients):  # also under a caller's no_grad()
-                logits = self.adapter.logits(batch)
-                calls = spec.attention_calls(rec, batch.token_mask.shape[1])
-                target_ids = self._resolve_targets(targets, logits, first_index)
-                trace = Trace(probs=[c.probs for c in calls],
-                              readout=spec.readout_weights(batch.token_mask, batch.content_mask),
-                              token_mask=batch.token_mask, content_mask=batch.content_mask)
-                if method.needs_gradients:
-                    objective = logits.gather(1, target_ids[:, None]).sum()
-                    trace.grads = list(torch.autograd.grad(objective, [c.live for c in calls]))
-            if method.needs_lrp:
-                spec.check_head(rec, logits)
-                lowest = method.lowest_lrp_layer(len(spec.layers))
-                first, trace.attention_relevance = lrp_through_layers(
-                    spec, rec, [working(p) for p in trace.probs], target_ids, batch.token_mask.shape[1], lowest)
-                if method.needs_input_relevance:
-                    trace.input_relevance = self.adapter.input_relevance(rec, first, batch)
+        spec, chosen = self.adapter.spec, {}
+        readout = spec.readout_weights(batch.token_mask, batch.content_mask)
+
+        def forward():
+            logits = self.adapter.logits(batch)
+            chosen["targets"] = self._resolve_targets(targets, logits, first_index)
+            return logits, logits.gather(1, chosen["targets"][:, None])[:, 0]
+
+        def lrp_start(result: engine.Pass) -> dict[str, engine.LRPStart]:
+            spec.check_head(result.recorder, result.outputs)
+            start = one_hot(chosen["targets"], spec.head[-1].out_features)
+            return {"main": engine.LRPStart(start, readout, method.lowest_lrp_layer(len(spec.layers)))}
+
+        result = engine.run_pass(self.model, engine.sites_of(spec, "main"), forward, gradients=method.needs_gradients,
+                                 streams={"main": spec}, tokens={"main": batch.token_mask.shape[1]},
+                                 lrp=lrp_start if method.needs_lrp else None,
+                                 record=self.adapter.input_modules() if method.needs_input_relevance else ())
+        if method.needs_input_relevance:
+            result.input_relevance["main"] = self.adapter.input_relevance(result.recorder, result.first_layer["main"],
+                                                                          batch)
         with torch.no_grad():
-            relevance = method.attribute(trace).detach().float().cpu().numpy()
-            probabilities = logits.detach().float().softmax(-1).cpu().numpy()
+            reading = engine.Reading("main", "main", readout, batch.token_mask, batch.content_mask)
+            relevance = engine.attribute(method, result, reading).detach().float().cpu().numpy()
+            probabilities = result.outputs.detach().float().softmax(-1).cpu().numpy()
         return [self._explanation(batch, i, relevance[i], int(t), float(probabilities[i, t]), method)
-                for i, t in enumerate(target_ids.tolist())]
+                for i, t in enumerate(chosen["targets"].tolist())]
 
     def _target_indices(self, target: Any, count: int) -> list[int | None]:
         """One class index per input (None: the predicted class), from an index, a label name, None, or one of

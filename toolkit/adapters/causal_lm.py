@@ -23,9 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core.capture import Recorder
-from ..core.explicit_attention import explicit_attention
-from ..core.trace import Trace
+from ..core import engine
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
@@ -205,25 +203,23 @@ class CausalLMAdapter(DeclaredAdapter):
         positions = torch.arange(length, device=self.device)
         visible = steps.attention_mask.bool() & (positions <= steps.rows[:, None])
         content = visible & (positions > 0) if not keep_sink else visible
+        guessed = torch.tensor([predicted[i] for i in steps.image_index.tolist()], device=self.device)
+        chosen = {}
+
+        def forward():
+            logits = self.layout.forward(input_ids=steps.input_ids, attention_mask=steps.attention_mask).logits
+            log_probs = rows_of(logits, steps.rows).float().log_softmax(-1)
+            chosen["targets"] = torch.where(guessed, log_probs.argmax(-1), steps.targets)
+            return logits, log_probs.gather(1, chosen["targets"][:, None])[:, 0]
+
         spec = self.spec
-        with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec:
-            for layer in spec.layers:
-                rec.record_attention(layer.attention, layer.extract_probs)
-            if method.needs_gradients:
-                rec.start_graph_at(spec.layers[0].block)
-            with torch.set_grad_enabled(method.needs_gradients):
-                logits = self.layout.forward(input_ids=steps.input_ids, attention_mask=steps.attention_mask).logits
-                log_probs = rows_of(logits, steps.rows).float().log_softmax(-1)
-                guessed = torch.tensor([predicted[i] for i in steps.image_index.tolist()], device=self.device)
-                targets = torch.where(guessed, log_probs.argmax(-1), steps.targets)
-                objective = log_probs.gather(1, targets[:, None])[:, 0]
-                calls = spec.attention_calls(rec, length)
-                trace = Trace(probs=[c.probs for c in calls], token_mask=visible, content_mask=content,
-                              readout=spec.readout_weights(visible, content, rows=steps.rows))
-                if method.needs_gradients:
-                    trace.grads = list(torch.autograd.grad(objective.sum(), [c.live for c in calls]))
+        result = engine.run_pass(self.model, engine.sites_of(spec, "text"), forward, gradients=method.needs_gradients,
+                                 streams={"text": spec}, tokens={"text": length})
+        reading = engine.Reading("text", "text", spec.readout_weights(visible, content, rows=steps.rows), visible,
+                                 content)
         with torch.no_grad():
-            relevance = method.attribute(trace).detach().float().cpu().numpy()
+            relevance = engine.attribute(method, result, reading).detach().float().cpu().numpy()
+        targets, objective = chosen["targets"], result.objective
         return self._explanations(method, prompts, sequences, items, steps, targets.tolist(),
                                   objective.detach().cpu().numpy(), relevance, keep_sink)
 

@@ -64,3 +64,32 @@ class RelevanceState:
                 updates[s, m] = r_ss_bar_t @ weighted @ self.maps[q, m]
         for pair, update in updates.items():
             self.maps[pair] = self.maps[pair] + update
+
+
+def propagate(sites: list[tuple[str, str, bool]], weighted: list[torch.Tensor], sizes: dict[str, int],
+              links: dict[int, tuple[str, str, torch.Tensor]]) -> RelevanceState:
+    """Apply the rules to every site in the order the model runs them. ``sites``: (query, key, together) per site,
+    ``weighted`` its map Ā. Sites read ``together`` with the one before (LXMERT's two co-attention directions)
+    update R from the same maps: neither update sees the other's, as in the authors' LXMERT implementation.
+    ``links`` (site index -> (target, source, positions)) connect streams before that site (GIT)."""
+    state = RelevanceState(sizes, weighted[0].shape[0], weighted[0].device)
+    groups: list[list[int]] = []
+    for index, (_, _, together) in enumerate(sites):
+        if together and groups:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    for group in groups:
+        if group[0] in links:
+            state.link(*links[group[0]])
+        before, written = dict(state.maps), {}
+        for index in group:
+            state.maps = dict(before)
+            query, key, _ = sites[index]
+            if query == key:
+                state.self_attention(query, weighted[index])
+            else:
+                state.cross_attention(query, key, weighted[index])
+            written.update({pair: m for pair, m in state.maps.items() if m is not before[pair]})
+        state.maps = {**before, **written}
+    return state

@@ -117,22 +117,28 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
 
 
 @torch.no_grad()
-def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], targets: torch.Tensor,
-                       num_tokens: int, lowest_layer: int = 0):
-    """Run LRP from one-hot target logits down to the input of layer ``lowest_layer``.
+def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], start: torch.Tensor,
+                       readout: torch.Tensor, lowest_layer: int = 0):
+    """Run LRP from ``start``, the relevance at the output of the spec's last head module (B, D) (a one-hot target
+    logit for a classifier), through the head to the token rows it reads (``readout`` (B, N) weights), then down
+    to the input of layer ``lowest_layer``.
 
     Returns (relevance of that layer's input (B, N, D), relevance of each attention map, None
     below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones.
     """
     spec.check_lrp()
-    dtype = lrp.working_dtype(spec.head[-1].weight.dtype)
-    relevance = torch.zeros(targets.shape[0], spec.head[-1].out_features, dtype=dtype, device=targets.device)
-    relevance[torch.arange(targets.shape[0]), targets] = 1.0
+    relevance = start.to(lrp.working_dtype(spec.head[-1].weight.dtype))
     for linear in reversed(spec.head):
         relevance = lrp.linear_alpha1_beta0(working(rec.call(linear).input), working(linear.weight), relevance)
-    tokens = relevance.new_zeros(targets.shape[0], num_tokens, relevance.shape[-1])
-    tokens[:, spec.readout_index] = relevance
+    tokens = readout.to(relevance.dtype)[:, :, None] * relevance[:, None, :]
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):
         tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index])
     return tokens, attention_relevance
+
+
+def one_hot(targets: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, size) rows with a one at each sample's target: where LRP starts from a class logit."""
+    rows = torch.zeros(targets.shape[0], size, dtype=dtype, device=targets.device)
+    rows[torch.arange(targets.shape[0], device=targets.device), targets] = 1.0
+    return rows

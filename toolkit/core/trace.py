@@ -1,9 +1,25 @@
 """What one forward (and backward) pass left behind for the methods to read."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class Network:
+    """Every attention site of a model whose streams attend to each other, for the bi-modal rules: per site
+    (query stream, key stream, whether it reads the same inputs as the site before it), its probabilities and
+    gradients; the streams' token counts; links (site index -> (target, source, positions)) where one stream's
+    outputs are copied into another; and the pair of streams a reading asks for."""
+
+    sites: list[tuple[str, str, bool]]
+    probs: list[torch.Tensor]
+    grads: list[torch.Tensor] | None
+    sizes: dict[str, int]
+    query: str
+    key: str
+    links: dict[int, tuple[str, str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -11,7 +27,8 @@ class Trace:
     """Per-layer attention probabilities (B, H, N, N), and what gradient or LRP passes added.
 
     ``readout`` (B, N) weights the token rows the prediction is read from (one-hot on [CLS]).
-    ``content_mask`` (B, N) marks the tokens an explanation is about.
+    ``content_mask`` (B, N) marks the tokens an explanation is about. ``network``: every site of a multi-stream
+    model, when the relevance asked for crosses streams (methods that read it say so with ``reads = "network"``).
     """
 
     probs: list[torch.Tensor]
@@ -21,6 +38,7 @@ class Trace:
     grads: list[torch.Tensor] | None = None
     attention_relevance: list[torch.Tensor] | None = None
     input_relevance: torch.Tensor | None = None
+    network: Network | None = None
 
     @property
     def num_layers(self) -> int:

@@ -19,6 +19,7 @@ class AttentionGradCAM(Method):
     name = "attention_gradcam"
     summary = "Grad-CAM on the last layer's attention: heads weighted by their mean gradient."
     needs_gradients = True
+    reads = "last"
     empty_reason = ("it keeps only positive gradient-weighted attention (clamped at zero), and every last-layer "
                     "head's mean gradient was negative or zero for this target")
 

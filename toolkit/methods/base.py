@@ -26,6 +26,10 @@ class Method:
     takes_start_layer: ClassVar[bool] = False
     extra_options: ClassVar[dict[str, Any]] = {}  # option name -> default, beyond start_layer
     empty_reason: ClassVar[str] = "the attention layers gave this target no relevance"
+    # What the method reads of a model whose streams attend to each other (toolkit.core.engine.route):
+    # "last" the last attention map between two streams, "stream" a stack of self-attention maps within one
+    # stream, "network" every attention site by the bi-modal rules.
+    reads: ClassVar[str] = "stream"
 
     def __init__(self, start_layer: int = 0, **options: Any):
         if start_layer and not self.takes_start_layer:

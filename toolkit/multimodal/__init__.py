@@ -1,5 +1,5 @@
 """Image-text models: CLIP similarity, visual question answering and captioning."""
-from .base import AttentionSite, MultimodalAdapter
+from .base import Site, MultimodalAdapter
 from .blip import BlipCaptioningAdapter, BlipVQAAdapter
 from .clip import HFCLIPAdapter
 from .git import GitCaptioningAdapter
@@ -13,4 +13,4 @@ MULTIMODAL_ADAPTERS: list[type[MultimodalAdapter]] = [HFCLIPAdapter, OpenCLIPAda
                                                        VisionEncoderDecoderAdapter, GitCaptioningAdapter,
                                                        ViltVQAAdapter, LxmertVQAAdapter]
 
-__all__ = ["AttentionSite", "MULTIMODAL_ADAPTERS", "MultimodalAdapter"]
+__all__ = ["Site", "MULTIMODAL_ADAPTERS", "MultimodalAdapter"]

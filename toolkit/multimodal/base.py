@@ -3,60 +3,18 @@ and how a batch is prepared, run and read out."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.bimodal import RelevanceState
-from ..core.capture import Recorder
-from ..core.explicit_attention import explicit_attention
-from ..core.propagation import head_mean_positive
-from ..core.trace import Trace
+from ..core import engine
+from ..core.engine import Site
+from ..core.spec import ModelSpec
 from ..errors import InputError, UnsupportedModelError
 from ..images import image_items, to_rgb
 from ..methods import Method
-
-
-@dataclass
-class AttentionSite:
-    """One attention module: queries from modality ``query``, keys from ``key`` (equal for self-attention)."""
-
-    module: nn.Module
-    extract: Callable[[Any], torch.Tensor]
-    query: str
-    key: str
-    call: int = 0
-
-    @property
-    def is_self(self) -> bool:
-        return self.query == self.key
-
-
-@dataclass
-class Captured:
-    """What one forward (+ backward) pass gave: per-site probabilities and gradients, and the outputs."""
-
-    outputs: Any
-    objective: torch.Tensor | None
-    probs: list[torch.Tensor]
-    grads: list[torch.Tensor] | None = None
-
-
-@dataclass
-class MultimodalBatch:
-    model_inputs: dict[str, torch.Tensor]
-    masks: dict[str, torch.Tensor]  # (B, N_m) real tokens of each modality
-    samples: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {m: mask.shape[1] for m, mask in self.masks.items()}
-
-    def __len__(self) -> int:
-        return next(iter(self.masks.values())).shape[0]
 
 
 def second_output(output: Any) -> torch.Tensor | None:
@@ -70,13 +28,18 @@ def one_hot_rows(indices: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class MultimodalAdapter(ABC):
-    """A family of image-text models. Subclasses declare sites and run the model; the base captures."""
+    """A family of image-text models: its attention sites, the stacks it declares in full (for LRP), the readings
+    its task takes, and the task itself (prepare inputs, the forward and its objective, the explanations); the
+    shared engine (:mod:`toolkit.core.engine`) captures and the methods attribute.
+
+    ``readings``: (query stream, key stream, linked) of every relevance the task reads, from which the methods that
+    apply follow before any work (``linked``: the key's tokens are copied into the query's sequence, as GIT does)."""
 
     family: ClassVar[str]
     task: ClassVar[str]
     examples: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  # Hugging Face config.model_type values loaded by ``load``
-    supported_methods: ClassVar[tuple[str, ...]] = ("generic", "raw_attention", "attention_gradcam")
+    readings: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
 
     def __init__(self, model: nn.Module, processor: Any = None):
         self.model = model
@@ -93,8 +56,12 @@ class MultimodalAdapter(ABC):
         raise NotImplementedError
 
     @abstractmethod
-    def sites(self) -> list[AttentionSite]:
+    def sites(self) -> list[Site]:
         """Every attention module, in the order the model runs them."""
+
+    def streams(self) -> dict[str, ModelSpec]:
+        """The stacks of self-attention layers declared with every part the LRP rules read, by stream."""
+        return {}
 
     @abstractmethod
     def explain(self, method: Method, target: Any, **inputs) -> list:
@@ -113,11 +80,36 @@ class MultimodalAdapter(ABC):
         raise UnsupportedModelError(f"{self.family} models have no fixed set of answers to rank: explain() gives "
                                     "the similarity, answer or caption with its probability.")
 
+    # --- which methods apply: one declared check, before any work ----------------------------------------------
+    def refusal(self, method: type[Method]) -> str | None:
+        """Why ``method`` cannot explain this family's readings, or None when it can."""
+        sites, streams = self.sites(), self.streams()
+        for query, key, linked in self.readings:
+            how = engine.route(method.reads, sites, query, key, linked)
+            if how is None:
+                return (f"Method {method.name!r} cannot explain {self.family} models: "
+                        + (f"it propagates relevance within one stream, and the {query} tokens also attend to other "
+                           "streams through cross-attention, which it has no rule for"
+                           if method.reads == "stream" else f"no attention runs from the {query} to the {key} tokens"))
+            if method.needs_lrp:
+                if how != "stream" or query not in streams:
+                    return (f"Method {method.name!r} cannot explain {self.family} models: the LRP rules of CVPR 2021 "
+                            f"pass through one stream of self-attention layers, and the {query} tokens "
+                            + ("also read other streams" if how != "stream" else "have no declared LRP parts"))
+                try:
+                    streams[query].check_lrp()
+                except UnsupportedModelError as error:
+                    return f"{error}"
+        return None
+
     def check_method(self, method: Method) -> None:
-        if method.name not in self.supported_methods:
-            raise UnsupportedModelError(
-                f"Method {method.name!r} is not available for {self.family} models; "
-                f"use one of {', '.join(self.supported_methods)}.")
+        """The instance's options against the family: a start layer means nothing to the bi-modal rules."""
+        sites = self.sites()
+        if method.start_layer and any(engine.route(method.reads, sites, query, key, linked) == "network"
+                                      for query, key, linked in self.readings):
+            raise InputError(f"start_layer is not used by the bi-modal / encoder-decoder rules of {method.name!r} on "
+                             f"{self.family} models: they start from the first attention layer of every stream "
+                             "(start_layer applies within one stream, as in CLIP's towers or ViLT).")
 
     def images(self, image: Any) -> list:
         """The RGB images in ``image``: one image, a list, or a 4-d array or tensor (as classifiers read them)."""
@@ -125,61 +117,20 @@ class MultimodalAdapter(ABC):
             raise InputError("No image given: pass image=<PIL image, array or path>.")
         return [to_rgb(im, i) for i, im in enumerate(image_items(image))]
 
-    def capture(self, run: Callable[[], tuple[Any, torch.Tensor]], needs_gradients: bool) -> Captured:
-        """Run ``run()`` -> (outputs, per-sample objective) with every site hooked; gradients of the
-        objective's sum with respect to each attention map when asked (one backward for the batch)."""
-        sites = self.sites()
-        with explicit_attention(self.model), Recorder(keep_gradients=needs_gradients) as rec:
-            for site in sites:
-                rec.record_attention(site.module, site.extract)
-            with torch.set_grad_enabled(needs_gradients):  # also under a caller's no_grad()
-                outputs, objective = run()
-                calls = [rec.attention_call(site.module, site.call) for site in sites]
-                captured = Captured(outputs, objective, [c.probs.float() for c in calls])
-                if needs_gradients:
-                    grads = torch.autograd.grad(objective.sum(), [c.live for c in calls], allow_unused=True)
-                    captured.grads = [torch.zeros_like(p) if g is None else g.float()
-                                      for g, p in zip(grads, captured.probs)]
-        return captured
+    def run(self, method: Method, forward: Callable[[], tuple[Any, torch.Tensor]], tokens: dict[str, int] | None = None,
+            lrp: Callable[[engine.Pass], dict[str, engine.LRPStart]] | None = None) -> engine.Pass:
+        """One forward (and at most one backward, and LRP where the method needs it) through the shared engine."""
+        streams = self.streams()
+        return engine.run_pass(self.model, self.sites(), forward, gradients=method.needs_gradients, streams=streams,
+                               tokens={name: count for name, count in (tokens or {}).items() if name in streams},
+                               lrp=lrp if method.needs_lrp else None)
 
-    # --- reading relevance ----------------------------------------------------------------------
-    def stream_relevance(self, method: Method, captured: Captured, modality: str, rows: torch.Tensor,
-                         token_mask: torch.Tensor, content_mask: torch.Tensor) -> torch.Tensor:
-        """Relevance (B, N) over one self-attention stream, read at ``rows`` (B,), with a classifier method."""
-        indices = [i for i, site in enumerate(self.sites()) if site.query == modality and site.is_self]
-        trace = Trace(probs=[captured.probs[i] for i in indices],
-                      grads=None if captured.grads is None else [captured.grads[i] for i in indices],
-                      readout=one_hot_rows(rows, token_mask.shape[1]), token_mask=token_mask,
-                      content_mask=content_mask)
-        return method.attribute(trace)
-
-    def generic_state(self, captured: Captured, sizes: dict[str, int], batch: int,
-                      links: Callable[[RelevanceState, int], None] | None = None) -> RelevanceState:
-        """Apply the ICCV 2021 rules to every site in order; ``links(state, site_index)`` may connect streams."""
-        state = RelevanceState(sizes, batch, self.device)
-        for index, (site, probs, grads) in enumerate(zip(self.sites(), captured.probs, captured.grads)):
-            if links is not None:
-                links(state, index)
-            weighted = head_mean_positive(grads * probs)
-            if site.is_self:
-                state.self_attention(site.query, weighted)
-            else:
-                state.cross_attention(site.query, site.key, weighted)
-        return state
-
-    def last_cross_attention(self, method: Method, captured: Captured, query: str, key: str,
-                             rows: torch.Tensor, content_mask: torch.Tensor) -> torch.Tensor:
-        """raw_attention / attention_gradcam on the last attention from ``query`` to ``key`` tokens."""
-        index = max(i for i, s in enumerate(self.sites()) if s.query == query and s.key == key)
-        probs = captured.probs[index]
-        readout = one_hot_rows(rows, probs.shape[2])
-        probs_row = torch.einsum("bi,bhij->bhj", readout, probs)
-        if method.name == "raw_attention":
-            return probs_row.mean(dim=1)
-        grad_row = torch.einsum("bi,bhij->bhj", readout, captured.grads[index])
-        content = content_mask.unsqueeze(1).float()
-        weights = (grad_row * content).sum(-1, keepdim=True) / content.sum(-1, keepdim=True).clamp(min=1)
-        return (weights * probs_row).mean(dim=1).clamp(min=0)
+    def relevance(self, method: Method, result: engine.Pass, query: str, key: str, rows: torch.Tensor,
+                  tokens: torch.Tensor, content: torch.Tensor, **reading: Any) -> torch.Tensor:
+        """Relevance (B, N_key) of ``query``'s tokens at ``rows`` ((B,) positions, or (B, N_query) weights) to
+        ``key``'s tokens; ``reading``: the further fields of :class:`toolkit.core.engine.Reading`."""
+        readout = rows if rows.dim() == 2 else one_hot_rows(rows, tokens.shape[1])
+        return engine.attribute(method, result, engine.Reading(query, key, readout, tokens, content, **reading))
 
 
 def string_list(value: Any, keyword: str) -> list[str]:

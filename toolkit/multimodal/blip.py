@@ -14,8 +14,9 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts
-from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
-from .captioning import CaptioningAdapter, patch_content, patch_layout, processor_parts, reject_start_layer
+from .base import Site, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
+from ..core import engine
+from .captioning import CaptioningAdapter, patch_content, patch_layout, processor_parts
 from .clip import pair_grid, shown_images
 
 
@@ -29,16 +30,16 @@ def load_blip(name: str, **kwargs):
     return model_class.from_pretrained(name, attn_implementation="eager", **kwargs), AutoProcessor.from_pretrained(name)
 
 
-def vision_sites(vision_model: nn.Module) -> list[AttentionSite]:
-    return [AttentionSite(layer.self_attn, second_output, "image", "image") for layer in vision_model.encoder.layers]
+def vision_sites(vision_model: nn.Module) -> list[Site]:
+    return [Site(layer.self_attn, second_output, "image", "image") for layer in vision_model.encoder.layers]
 
 
-def text_sites(text_model: nn.Module, query: str, key: str) -> list[AttentionSite]:
+def text_sites(text_model: nn.Module, query: str, key: str) -> list[Site]:
     """Per BLIP text layer: self-attention in ``query``, then cross-attention from ``query`` to ``key``."""
     sites = []
     for layer in text_model.encoder.layer:
-        sites.append(AttentionSite(layer.attention.self, second_output, query, query))
-        sites.append(AttentionSite(layer.crossattention.self, second_output, query, key))
+        sites.append(Site(layer.attention.self, second_output, query, query))
+        sites.append(Site(layer.crossattention.self, second_output, query, key))
     return sites
 
 
@@ -55,7 +56,7 @@ class BlipCaptioningAdapter(CaptioningAdapter):
     def load(cls, name: str, **kwargs):
         return load_blip(name, **kwargs)
 
-    def sites(self) -> list[AttentionSite]:
+    def sites(self) -> list[Site]:
         return vision_sites(self.model.vision_model) + text_sites(self.model.text_decoder.bert, "text", "image")
 
     def patch_size(self) -> int:
@@ -111,6 +112,7 @@ class BlipVQAAdapter(MultimodalAdapter):
     task = "visual question answering"
     examples = "Hugging Face BlipForQuestionAnswering (Salesforce/blip-vqa-*)"
     model_types = ("blip",)
+    readings = (("answer", "question", False),)  # the image: see image_relevance
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -120,7 +122,7 @@ class BlipVQAAdapter(MultimodalAdapter):
     def load(cls, name: str, **kwargs):
         return load_blip(name, **kwargs)
 
-    def sites(self) -> list[AttentionSite]:
+    def sites(self) -> list[Site]:
         return (vision_sites(self.model.vision_model) + text_sites(self.model.text_encoder, "question", "image")
                 + text_sites(self.model.text_decoder.bert, "answer", "question"))
 
@@ -170,21 +172,22 @@ class BlipVQAAdapter(MultimodalAdapter):
             log_probs = decoded[0].logits.float().log_softmax(-1).gather(-1, next_ids[..., None])[..., 0]
             return decoded[0], (log_probs * (answer_rows > 0)).sum(-1)
 
-        captured = self.capture(run, method.needs_gradients)
+        captured = self.run(method, run)
         image_tokens, question_length = captured.probs[0].shape[-1], question_ids.shape[1]
         grid, prefix = patch_layout(pixels, self.model.config.vision_config.patch_size, image_tokens)
-        if method.name == "generic":
-            state = self.generic_state(captured, {"image": image_tokens, "question": question_length,
-                                                  "answer": length}, batch)
-            image_rel = torch.einsum("bl,bln->bn", answer_rows, state["answer", "image"])
-            question_rel = torch.einsum("bl,bln->bn", answer_rows, state["answer", "question"])
-        else:
-            first = torch.zeros(batch, dtype=torch.long, device=self.device)
-            image_rel = self.last_cross_attention(method, captured, "question", "image", first,
-                                                  patch_content(batch, image_tokens, prefix, self.device))
-            question = torch.ones(batch, question_length, dtype=torch.bool, device=self.device)
-            question_rel = sum(answer_rows[:, t, None] * self.last_cross_attention(
-                method, captured, "answer", "question", first + t, question) for t in range(length))
+        sizes = {"image": image_tokens, "question": question_length, "answer": length}
+        first = torch.zeros(batch, dtype=torch.long, device=self.device)
+        answer_tokens = decoder_mask.bool()
+        question = torch.ones(batch, question_length, dtype=torch.bool, device=self.device)
+        patches = patch_content(batch, image_tokens, prefix, self.device)
+        if engine.route(method.reads, captured.sites, "answer", "image") is not None:
+            image_rel = self.relevance(method, captured, "answer", "image", answer_rows, answer_tokens, patches,
+                                       sizes=sizes)
+        else:  # no attention runs from the answer to the image: the question encoder's view of it, at its first token
+            image_rel = self.relevance(method, captured, "question", "image", first, question, patches, sizes=sizes)
+        question_rel = sum(answer_rows[:, t, None] * self.relevance(method, captured, "answer", "question", first + t,
+                                                                    answer_tokens, question, sizes=sizes)
+                           for t in range(length))
         heatmaps = to_numpy(image_rel[:, prefix:]).reshape(batch, *grid)
         return list(zip(answers, heatmaps, to_numpy(question_rel), to_numpy(captured.objective)))
 
@@ -192,7 +195,6 @@ class BlipVQAAdapter(MultimodalAdapter):
                 max_new_tokens: int = 10, **unknown) -> Explanation | list[Explanation]:
         reject_unknown(self.family, "image=, question=, answer= and max_new_tokens=", unknown)
         self.check_method(method)
-        reject_start_layer(method)
         if target is not None:
             raise InputError("BLIP VQA explains an answer: name it with answer='...', not target.")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:

@@ -21,7 +21,8 @@ from ..explanation import CaptionStep, Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts, warn_cut
-from .base import Captured, MultimodalAdapter, reject_unknown, to_numpy
+from ..core.engine import Pass
+from .base import MultimodalAdapter, reject_unknown, to_numpy
 from .clip import shown_images
 
 
@@ -34,13 +35,6 @@ class ImageTextProcessor:
 
 
 # --- helpers shared with BLIP VQA ------------------------------------------------------------------
-def reject_start_layer(method: Method) -> None:
-    """The bi-modal rules start from the first attention layer of every stream; there is no start_layer."""
-    if method.name == "generic" and method.start_layer:
-        raise InputError("start_layer is not used by the bi-modal / encoder-decoder rules of `generic` here "
-                         "(it applies to single-stream propagation such as CLIP's towers or rollout).")
-
-
 def processor_parts(processor: Any, family: str) -> tuple[Any, Any]:
     image_processor, tokenizer = (getattr(processor, "image_processor", None), getattr(processor, "tokenizer", None))
     if image_processor is None or tokenizer is None:
@@ -128,6 +122,7 @@ class CaptioningAdapter(MultimodalAdapter):
     """
 
     task = "image captioning"
+    readings = (("text", "image", False), ("text", "text", False))
 
     # --- family specifics -------------------------------------------------------------------------
     @abstractmethod
@@ -149,21 +144,18 @@ class CaptioningAdapter(MultimodalAdapter):
     def text_logits(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The stock forward's logits at the text positions (B, L, V)."""
 
-    def relevance(self, method: Method, captured: Captured, steps: StepBatch, image_tokens: int,
-                  prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_relevance(self, method: Method, captured: Pass, steps: StepBatch, image_tokens: int,
+                       prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(image-encoder token relevance (S, N_image), text relevance (S, L)) of each step at its row.
 
         Encoder-decoder form: image self-attention, then per decoder layer causal self-attention and
         cross-attention to the image."""
         batch, length = steps.input_ids.shape
         visible = steps.attention_mask.bool() & (torch.arange(length, device=self.device) <= steps.rows[:, None])
-        if method.name == "generic":
-            state = self.generic_state(captured, {"image": image_tokens, "text": length}, batch)
-            return rows_of(state["text", "image"], steps.rows), rows_of(state["text", "text"], steps.rows)
-        image = self.last_cross_attention(method, captured, "text", "image", steps.rows,
-                                          patch_content(batch, image_tokens, prefix, self.device))
-        text = self.stream_relevance(method, captured, "text", steps.rows, steps.attention_mask.bool(), visible)
-        return image, text
+        sizes, tokens = {"image": image_tokens, "text": length}, steps.attention_mask.bool()
+        image = self.relevance(method, captured, "text", "image", steps.rows, tokens,
+                               patch_content(batch, image_tokens, prefix, self.device), sizes=sizes)
+        return image, self.relevance(method, captured, "text", "text", steps.rows, tokens, visible, sizes=sizes)
 
     # --- shared ---------------------------------------------------------------------------------------
     @property
@@ -241,7 +233,6 @@ class CaptioningAdapter(MultimodalAdapter):
         one for all images or one per image) by teacher forcing. A single image gives one Explanation."""
         reject_unknown(self.family, "image=, caption= and max_new_tokens=", unknown)
         self.check_method(method)
-        reject_start_layer(method)
         if target is not None:
             raise InputError("Captioning explains every token of a caption; choose it with caption=..., not target.")
         single = not isinstance(image, (list, tuple))
@@ -260,10 +251,10 @@ class CaptioningAdapter(MultimodalAdapter):
             return logits, log_probs.gather(1, steps.targets[:, None])[:, 0]
 
         if len(steps):
-            captured = self.capture(run, method.needs_gradients)
+            captured = self.run(method, run)
             image_tokens = captured.probs[0].shape[-1]
             grid, prefix = patch_layout(pixels, self.patch_size(), image_tokens)
-            image_rel, text_rel = (to_numpy(r) for r in self.relevance(method, captured, steps, image_tokens, prefix))
+            image_rel, text_rel = (to_numpy(r) for r in self.step_relevance(method, captured, steps, image_tokens, prefix))
             log_probs = to_numpy(captured.objective)
         image_processor = processor_parts(self.processor, self.family)[0]
         shown = shown_images(pixels, [(i, 0) for i in range(len(images))], image_processor.image_mean,

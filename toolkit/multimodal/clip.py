@@ -12,8 +12,8 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import encoded_words, read_texts, special_token_mask, unknown_token_mask, word_scores
-from .base import (AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, string_list,
-                   to_numpy)
+from ..core.engine import Pass
+from .base import MultimodalAdapter, Site, reject_unknown, second_output, string_list, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -71,15 +71,14 @@ def text_side_method(method: Method, start_layer_text: int) -> tuple[Method, dic
     return text_method, {**method.options(), "start_layer_text": start_layer_text}
 
 
-def class_token_relevance(adapter: MultimodalAdapter, method: Method, captured: Captured, batch: int) -> torch.Tensor:
+def class_token_relevance(adapter: MultimodalAdapter, method: Method, result: Pass, batch: int) -> torch.Tensor:
     """Image-side relevance (B, N) read at the class token (index 0), the patches being the content."""
-    index = next(i for i, site in enumerate(adapter.sites()) if site.query == "image")
-    image_mask = torch.ones(batch, captured.probs[index].shape[-1], dtype=torch.bool, device=adapter.device)
+    index = next(i for i, site in enumerate(result.sites) if site.query == "image")
+    image_mask = torch.ones(batch, result.probs[index].shape[-1], dtype=torch.bool, device=adapter.device)
     patches = image_mask.clone()
     patches[:, 0] = False
-    return adapter.stream_relevance(method, captured, "image", torch.zeros(batch, dtype=torch.long,
-                                                                           device=adapter.device),
-                                    image_mask, patches)
+    return adapter.relevance(method, result, "image", "image", torch.zeros(batch, dtype=torch.long,
+                                                                           device=adapter.device), image_mask, patches)
 
 
 def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
@@ -107,7 +106,7 @@ class HFCLIPAdapter(MultimodalAdapter):
     task = "image-text similarity"
     examples = "Hugging Face CLIPModel (openai/clip-vit-*)"
     model_types = ("clip",)
-    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+    readings = (("image", "image", False), ("text", "text", False))
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -119,10 +118,10 @@ class HFCLIPAdapter(MultimodalAdapter):
 
         return CLIPModel.from_pretrained(name, attn_implementation="eager", **kwargs), AutoProcessor.from_pretrained(name)
 
-    def sites(self) -> list[AttentionSite]:
-        vision = [AttentionSite(layer.self_attn, second_output, "image", "image")
+    def sites(self) -> list[Site]:
+        vision = [Site(layer.self_attn, second_output, "image", "image")
                   for layer in self.model.vision_model.encoder.layers]
-        text = [AttentionSite(layer.self_attn, second_output, "text", "text")
+        text = [Site(layer.self_attn, second_output, "text", "text")
                 for layer in self.model.text_model.encoder.layers]
         return vision + text
 
@@ -157,12 +156,12 @@ class HFCLIPAdapter(MultimodalAdapter):
             out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
             return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
 
-        captured = self.capture(run, method.needs_gradients)
+        captured = self.run(method, run)
         image_rel = class_token_relevance(self, method, captured, len(pairs))
         text_mask = enc["attention_mask"].bool()
         eot = self._eot_positions(enc["input_ids"])
         special = special_or_readout(special_tokens(processor.tokenizer, enc["input_ids"]), eot)
-        text_rel = self.stream_relevance(text_method, captured, "text", eot, text_mask, text_mask & ~special)
+        text_rel = self.relevance(text_method, captured, "text", "text", eot, text_mask, text_mask & ~special)
         tokens = [processor.tokenizer.convert_ids_to_tokens(ids[mask]) for ids, mask in
                   zip(enc["input_ids"].cpu(), text_mask.cpu())]
         enc["offset_mapping"] = offsets

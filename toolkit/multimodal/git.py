@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..core.bimodal import RelevanceState
+from ..core.engine import Pass
 from ..methods import Method
-from .base import AttentionSite, Captured, second_output
-from .captioning import CaptioningAdapter, StepBatch, id_set, patch_content, rows_of
+from .base import Site, second_output
+from .captioning import CaptioningAdapter, StepBatch, id_set, patch_content
 
 
 class GitCaptioningAdapter(CaptioningAdapter):
@@ -22,7 +22,7 @@ class GitCaptioningAdapter(CaptioningAdapter):
     family = "git"
     examples = "Hugging Face GitForCausalLM (microsoft/git-base, microsoft/git-base-coco)"
     model_types = ("git",)
-    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+    readings = (("joint", "image", True), ("joint", "joint", False))
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -35,12 +35,12 @@ class GitCaptioningAdapter(CaptioningAdapter):
         model = GitForCausalLM.from_pretrained(name, attn_implementation="eager", **kwargs)
         return model, AutoProcessor.from_pretrained(name)
 
-    def _image_sites(self) -> list[AttentionSite]:
-        return [AttentionSite(layer.self_attn, second_output, "image", "image")
+    def _image_sites(self) -> list[Site]:
+        return [Site(layer.self_attn, second_output, "image", "image")
                 for layer in self.model.git.image_encoder.vision_model.encoder.layers]
 
-    def sites(self) -> list[AttentionSite]:
-        joint = [AttentionSite(layer.attention.self, second_output, "joint", "joint")
+    def sites(self) -> list[Site]:
+        joint = [Site(layer.attention.self, second_output, "joint", "joint")
                  for layer in self.model.git.encoder.layer]
         return self._image_sites() + joint
 
@@ -60,24 +60,19 @@ class GitCaptioningAdapter(CaptioningAdapter):
         logits = self.model(pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask).logits
         return logits[:, -input_ids.shape[1]:]
 
-    def relevance(self, method: Method, captured: Captured, steps: StepBatch, image_tokens: int,
-                  prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_relevance(self, method: Method, captured: Pass, steps: StepBatch, image_tokens: int,
+                       prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length = steps.input_ids.shape
         rows = steps.rows + image_tokens
-        if method.name == "generic":
-            first_joint = len(self._image_sites())
-            positions = torch.arange(image_tokens, device=self.device).expand(batch, -1)
-
-            def links(state: RelevanceState, index: int) -> None:
-                if index == first_joint:
-                    state.link("joint", "image", positions)
-
-            state = self.generic_state(captured, {"image": image_tokens, "joint": image_tokens + length}, batch,
-                                       links)
-            return rows_of(state["joint", "image"], rows), rows_of(state["joint", "joint"], rows)[:, image_tokens:]
+        positions = torch.arange(image_tokens, device=self.device).expand(batch, -1)
         visible_text = steps.attention_mask.bool() & (torch.arange(length, device=self.device) <= steps.rows[:, None])
         image_mask = torch.ones(batch, image_tokens, dtype=torch.bool, device=self.device)
-        token_mask = torch.cat([image_mask, steps.attention_mask.bool()], dim=1)
-        content = torch.cat([patch_content(batch, image_tokens, prefix, self.device), visible_text], dim=1)
-        joint = self.stream_relevance(method, captured, "joint", rows, token_mask, content)
-        return joint[:, :image_tokens], joint[:, image_tokens:]
+        tokens = torch.cat([image_mask, steps.attention_mask.bool()], dim=1)
+        patches = patch_content(batch, image_tokens, prefix, self.device)
+        content = torch.cat([patches, visible_text], dim=1)
+        sizes = {"image": image_tokens, "joint": image_tokens + length}
+        links = {len(self._image_sites()): ("joint", "image", positions)}
+        image = self.relevance(method, captured, "joint", "image", rows, tokens, patches, sizes=sizes, links=links,
+                               positions=positions, stream_content=content)
+        joint = self.relevance(method, captured, "joint", "joint", rows, tokens, content, sizes=sizes, links=links)
+        return image, joint[:, image_tokens:]

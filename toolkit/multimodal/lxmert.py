@@ -15,15 +15,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.bimodal import RelevanceState
-from ..core.propagation import head_mean_positive
+from ..core.engine import Pass
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
 from ..text import read_texts
-from .base import (AttentionSite, Captured, MultimodalAdapter, reject_unknown, second_output, string_list,
-                   to_numpy)
-from .captioning import reject_start_layer
+from .base import MultimodalAdapter, Site, reject_unknown, second_output, string_list, to_numpy
 from .clip import special_tokens
 from .vilt import answer_labels, answer_targets, check_load, chosen_answers, pair_up
 
@@ -96,6 +93,7 @@ class LxmertVQAAdapter(MultimodalAdapter):
     task = "visual question answering"
     examples = "Hugging Face LxmertForQuestionAnswering (unc-nlp/lxmert-vqa-uncased), with region features"
     model_types = ("lxmert",)
+    readings = (("text", "text", False), ("text", "image", False))
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -113,51 +111,26 @@ class LxmertVQAAdapter(MultimodalAdapter):
     def labels(self) -> dict[int, str]:
         return answer_labels(self.model.config, self.model.config.num_qa_labels)
 
-    def sites(self) -> list[AttentionSite]:
+    def sites(self) -> list[Site]:
         encoder = self.model.lxmert.encoder
-        sites = [AttentionSite(layer.attention.self, second_output, "text", "text") for layer in encoder.layer]
-        sites += [AttentionSite(layer.attention.self, second_output, "image", "image") for layer in encoder.r_layers]
+        sites = [Site(layer.attention.self, second_output, "text", "text") for layer in encoder.layer]
+        sites += [Site(layer.attention.self, second_output, "image", "image") for layer in encoder.r_layers]
         for layer in encoder.x_layers:
             co_attention = layer.visual_attention.att
-            sites += [AttentionSite(co_attention, second_output, "text", "image", call=0),
-                      AttentionSite(co_attention, second_output, "image", "text", call=1),
-                      AttentionSite(layer.lang_self_att.self, second_output, "text", "text"),
-                      AttentionSite(layer.visn_self_att.self, second_output, "image", "image")]
+            sites += [Site(co_attention, second_output, "text", "image", call=0),
+                      Site(co_attention, second_output, "image", "text", call=1, together=True),
+                      Site(layer.lang_self_att.self, second_output, "text", "text"),
+                      Site(layer.visn_self_att.self, second_output, "image", "image")]
         return sites
 
-    def capture(self, run, needs_gradients: bool) -> Captured:
+    def run(self, method: Method, forward, tokens=None, lrp=None) -> Pass:
         with returning_attention(site.module for site in self.sites()):
-            return super().capture(run, needs_gradients)
-
-    def co_attention_state(self, captured: Captured, sizes: dict[str, int], batch: int) -> RelevanceState:
-        """The rules applied site by site, except that the two co-attention calls of a layer update R from
-        the same maps: both read the layer's inputs, so neither update may see the other's (as in the
-        authors' LXMERT implementation)."""
-        sites, state = self.sites(), RelevanceState(sizes, batch, self.device)
-        groups: list[list[int]] = []
-        for index, site in enumerate(sites):
-            if groups and not site.is_self and sites[groups[-1][0]].module is site.module:
-                groups[-1].append(index)
-            else:
-                groups.append([index])
-        for group in groups:
-            before, written = dict(state.maps), {}
-            for index in group:
-                state.maps = dict(before)
-                site, weighted = sites[index], head_mean_positive(captured.grads[index] * captured.probs[index])
-                if site.is_self:
-                    state.self_attention(site.query, weighted)
-                else:
-                    state.cross_attention(site.query, site.key, weighted)
-                written.update({pair: m for pair, m in state.maps.items() if m is not before[pair]})
-            state.maps = {**before, **written}
-        return state
+            return super().run(method, forward, tokens, lrp)
 
     def explain(self, method: Method, target: Any, question: Any = None, visual_feats: Any = None,
                 visual_pos: Any = None, image: Any = None, **unknown) -> Explanation | list[Explanation]:
         reject_unknown(self.family, "question=, visual_feats=, visual_pos= and image=", unknown)
         self.check_method(method)
-        reject_start_layer(method)
         config = self.model.config
         feats, one_set = region_sets(visual_feats, "visual_feats", config.visual_feat_dim)
         boxes, _ = region_sets(visual_pos, "visual_pos", config.visual_pos_dim)
@@ -186,18 +159,14 @@ class LxmertVQAAdapter(MultimodalAdapter):
             scores = out.question_answering_score
             return out, scores.gather(1, chosen_answers(targets, scores)[:, None])[:, 0]
 
-        captured = self.capture(run, method.needs_gradients)
+        captured = self.run(method, run)
         answers = chosen_answers(targets, captured.outputs.question_answering_score).tolist()
         text_mask, region_mask = enc["attention_mask"].bool(), region_mask.bool()
         cls = torch.zeros(len(pairs), dtype=torch.long, device=self.device)
-        if method.name == "generic":
-            state = self.co_attention_state(captured, {"text": text_mask.shape[1], "image": region_mask.shape[1]},
-                                            len(pairs))
-            text_rel, region_rel = state["text", "text"][:, 0], state["text", "image"][:, 0]
-        else:
-            text_rel = self.stream_relevance(method, captured, "text", cls, text_mask,
-                                             text_mask & ~special_tokens(tokenizer, enc["input_ids"]))
-            region_rel = self.last_cross_attention(method, captured, "text", "image", cls, region_mask)
+        sizes = {"text": text_mask.shape[1], "image": region_mask.shape[1]}
+        text_rel = self.relevance(method, captured, "text", "text", cls, text_mask,
+                                  text_mask & ~special_tokens(tokenizer, enc["input_ids"]), sizes=sizes)
+        region_rel = self.relevance(method, captured, "text", "image", cls, text_mask, region_mask, sizes=sizes)
         probabilities, labels = to_numpy(torch.sigmoid(captured.objective)), self.labels
         explanations = []
         for b, (v, q) in enumerate(pairs):

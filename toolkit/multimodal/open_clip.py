@@ -17,7 +17,8 @@ import torch.nn as nn
 from ..errors import InputError, UnsupportedModelError
 from ..methods import Method
 from ..text import read_texts, warn_cut
-from .base import AttentionSite, Captured, MultimodalAdapter, reject_unknown
+from ..core.engine import Pass
+from .base import MultimodalAdapter, Site, reject_unknown
 from .clip import (class_token_relevance, shown_images, similarity_explanations, similarity_inputs,
                    text_side_method)
 
@@ -108,7 +109,7 @@ class OpenCLIPAdapter(MultimodalAdapter):
     family = "open_clip"
     task = "image-text similarity"
     examples = "open_clip CLIP with ViT towers (ViT-B-32, ViT-B-16, ViT-L-14, ...; OpenAI, LAION, DataComp weights)"
-    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+    readings = (("image", "image", False), ("text", "text", False))
 
     def __init__(self, model: nn.Module, processor: Any = None):
         reason = unsupported_part(model)
@@ -125,10 +126,10 @@ class OpenCLIPAdapter(MultimodalAdapter):
     def matches(cls, model: nn.Module) -> bool:
         return type(model).__module__.split(".")[0] == "open_clip" and hasattr(model, "encode_image")
 
-    def sites(self) -> list[AttentionSite]:
-        vision = [AttentionSite(block.attn, softmax_output, "image", "image")
+    def sites(self) -> list[Site]:
+        vision = [Site(block.attn, softmax_output, "image", "image")
                   for block in self.model.visual.transformer.resblocks]
-        text = [AttentionSite(block.attn, softmax_output, "text", "text") for block in self.model.transformer.resblocks]
+        text = [Site(block.attn, softmax_output, "text", "text") for block in self.model.transformer.resblocks]
         return vision + text
 
     def _eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
@@ -137,9 +138,9 @@ class OpenCLIPAdapter(MultimodalAdapter):
             return ids.argmax(dim=-1)
         return (ids == self.model.text_eos_id).int().argmax(dim=-1)
 
-    def _capture(self, run, needs_gradients: bool, batch: int) -> Captured:
+    def _capture(self, method: Method, run, batch: int) -> Pass:
         with attention_weights_returned([site.module for site in self.sites()]):
-            captured = self.capture(run, needs_gradients)
+            captured = self.run(method, run)
         captured.probs = per_head(captured.probs, batch)
         if captured.grads is not None:
             captured.grads = per_head(captured.grads, batch)
@@ -170,13 +171,13 @@ class OpenCLIPAdapter(MultimodalAdapter):
             return cosine, cosine * self.model.logit_scale.exp()
 
         batch = len(pairs)
-        captured = self._capture(run, method.needs_gradients, batch)
+        captured = self._capture(method, run, batch)
         image_rel = class_token_relevance(self, method, captured, batch)
         eot = self._eot_positions(ids)
         positions = torch.arange(ids.shape[1], device=self.device).expand(batch, -1)
         text_mask = positions <= eot[:, None]  # later tokens are padding the causal mask hides from the read-out
         special = (positions == 0) | (positions == eot[:, None])  # start and end of text, the read-out
-        text_rel = self.stream_relevance(text_method, captured, "text", eot, text_mask, text_mask & ~special)
+        text_rel = self.relevance(text_method, captured, "text", "text", eot, text_mask, text_mask & ~special)
         tokens = [[tokenizer.decode([i]).strip() for i in row[:end + 1]] for row, end in
                   zip(ids.tolist(), eot.tolist())]
         normalise = next((t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"), None)

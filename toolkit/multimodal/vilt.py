@@ -18,7 +18,7 @@ from ..images import original_geometry
 from ..labels import find_label, ranked_labels
 from ..methods import Method
 from ..text import encoded_words, read_texts, unknown_token_mask, word_scores
-from .base import AttentionSite, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
+from .base import Site, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
 from .captioning import processor_parts
 from .clip import shown_images, special_tokens
 
@@ -92,7 +92,7 @@ class ViltVQAAdapter(MultimodalAdapter):
     task = "visual question answering"
     examples = "Hugging Face ViltForQuestionAnswering (dandelin/vilt-b32-finetuned-vqa)"
     model_types = ("vilt",)
-    supported_methods = ("generic", "rollout", "raw_attention", "attention_gradcam")
+    readings = (("joint", "joint", False),)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -110,8 +110,8 @@ class ViltVQAAdapter(MultimodalAdapter):
     def labels(self) -> dict[int, str]:
         return answer_labels(self.model.config, self.model.config.num_labels)
 
-    def sites(self) -> list[AttentionSite]:
-        return [AttentionSite(layer.attention.attention, second_output, "joint", "joint")
+    def sites(self) -> list[Site]:
+        return [Site(layer.attention.attention, second_output, "joint", "joint")
                 for layer in self.model.vilt.encoder.layer]
 
     def explain(self, method: Method, target: Any, image: Any = None, question: Any = None,
@@ -146,14 +146,14 @@ class ViltVQAAdapter(MultimodalAdapter):
                              image_embeds=image_embeds, pixel_mask=image_mask, output_attentions=True)
             return out, out.logits.gather(1, chosen_answers(targets, out.logits)[:, None])[:, 0]
 
-        captured = self.capture(run, method.needs_gradients)
+        captured = self.run(method, run)
         answers = chosen_answers(targets, captured.outputs.logits).tolist()
         text_mask, image_mask = enc["attention_mask"].bool(), image_mask.bool()
         patches = image_mask.clone()
         patches[:, 0] = False  # the image [CLS]
         special = special_tokens(tokenizer, enc["input_ids"])  # the read-out [CLS] among them
-        relevance = self.stream_relevance(
-            method, captured, "joint", torch.zeros(len(pairs), dtype=torch.long, device=self.device),
+        relevance = self.relevance(
+            method, captured, "joint", "joint", torch.zeros(len(pairs), dtype=torch.long, device=self.device),
             torch.cat([text_mask, image_mask], 1), torch.cat([text_mask & ~special, patches], 1))
         enc["offset_mapping"] = offsets
         length = text_mask.shape[1]

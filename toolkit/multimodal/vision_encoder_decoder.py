@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UnsupportedModelError
-from .base import AttentionSite, second_output
+from .base import Site, second_output
 from .captioning import CaptioningAdapter, ImageTextProcessor, id_set
 
 ENCODER_TYPES = ("vit", "deit")  # layers[i].attention over one sequence: prefix tokens, then the patch grid
@@ -42,19 +42,19 @@ class VisionEncoderDecoderAdapter(CaptioningAdapter):
         model = VisionEncoderDecoderModel.from_pretrained(name, attn_implementation="eager", **kwargs)
         return model, ImageTextProcessor(AutoImageProcessor.from_pretrained(name), AutoTokenizer.from_pretrained(name))
 
-    def sites(self) -> list[AttentionSite]:
+    def sites(self) -> list[Site]:
         encoder_type = self.model.config.encoder.model_type
         if encoder_type not in ENCODER_TYPES:
             raise UnsupportedModelError(
                 f"VisionEncoderDecoder with a {encoder_type!r} encoder is not supported: the toolkit reads "
                 f"encoders with one token sequence ({', '.join(ENCODER_TYPES)}).")
-        encoder = [AttentionSite(layer.attention, second_output, "image", "image")
+        encoder = [Site(layer.attention, second_output, "image", "image")
                    for layer in self.model.encoder.layers]
         decoder = []
         for layer in decoder_layers(self.model.decoder):
             self_attention = layer.attn if hasattr(layer, "attn") else layer.attention
-            decoder += [AttentionSite(self_attention, second_output, "text", "text"),
-                        AttentionSite(layer.crossattention, second_output, "text", "image")]
+            decoder += [Site(self_attention, second_output, "text", "text"),
+                        Site(layer.crossattention, second_output, "text", "image")]
         return encoder + decoder
 
     def patch_size(self) -> int:

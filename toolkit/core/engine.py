@@ -1,0 +1,198 @@
+"""One path for every family: capture -> one forward -> at most one backward -> LRP where asked -> traces.
+
+A family gives its attention :class:`Site` s (which stream's queries attend to which stream's keys, in the order
+the model runs them) and, for each stream whose layers it declares in full, a
+:class:`~toolkit.core.spec.ModelSpec` with the parts the LRP rules read. A task gives the forward: a function
+that runs the stock model and returns (outputs, one objective per sample). Which relevance a method can give for
+a pair of streams follows from its declared ``reads`` and from the sites alone (:func:`route`); nothing here, in
+the tasks or in the methods tests a method's or a family's name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .capture import AttentionExtractor, Recorder
+from .explicit_attention import explicit_attention
+from .lrp import working
+from .propagation import lrp_through_layers
+from .spec import ModelSpec
+from .trace import Network, Trace
+
+
+@dataclass
+class Site:
+    """One attention module: queries from stream ``query``, keys from ``key`` (equal for self-attention).
+
+    ``call`` picks the call of a module that runs several times (LXMERT's co-attention runs once per direction);
+    ``together`` marks a site that reads the same inputs as the one before it (both of LXMERT's directions), so
+    that neither's relevance update may see the other's."""
+
+    module: nn.Module
+    extract: AttentionExtractor
+    query: str
+    key: str
+    call: int = 0
+    together: bool = False
+
+    @property
+    def is_self(self) -> bool:
+        return self.query == self.key
+
+
+def sites_of(spec: ModelSpec, stream: str) -> list[Site]:
+    """The self-attention sites of a declared stack of layers."""
+    return [Site(layer.attention, layer.extract_probs, stream, stream, layer.call) for layer in spec.layers]
+
+
+@dataclass
+class LRPStart:
+    """Where LRP starts in a stream: the relevance at the output of the spec's last head module (B, D) and the
+    read-out weights (B, N) of the token rows the head reads; ``lowest`` the lowest layer whose attention
+    relevance is needed."""
+
+    relevance: torch.Tensor
+    readout: torch.Tensor
+    lowest: int = 0
+
+
+@dataclass
+class Pass:
+    """What one forward (and backward, and LRP pass) left: per-site probabilities and gradients, the task's outputs
+    and objective, and per declared stream the LRP relevance of its attention maps and of its first layer's input
+    (``first_layer`` (B, N, D); ``input_relevance`` per token, which a task may map further, e.g. to pixels)."""
+
+    sites: list[Site]
+    outputs: Any
+    objective: torch.Tensor
+    probs: list[torch.Tensor]
+    grads: list[torch.Tensor] | None = None
+    recorder: Recorder | None = None
+    attention_relevance: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    first_layer: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_relevance: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[Any, torch.Tensor]], *,
+             gradients: bool, streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
+             lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = ()) -> Pass:
+    """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take the gradient of the objective's
+    sum with respect to every attention map when ``gradients`` (one backward for the batch).
+
+    ``streams`` / ``tokens``: the declared stacks and their token counts, whose captures are checked with messages
+    that name the declaration. ``lrp(pass)`` -> the starts of the streams LRP runs through (their specs record
+    what the rules read); ``record``: further modules whose calls the task reads afterwards (``pass.recorder``).
+    Hooks are released and the attention implementation restored on exit, also when something raised.
+    """
+    streams, tokens = streams or {}, tokens or {}
+    lrp_streams = streams if lrp is not None else {}
+    with explicit_attention(model), Recorder(keep_gradients=gradients) as rec:
+        for site in sites:
+            rec.record_attention(site.module, site.extract)
+        for spec in lrp_streams.values():
+            for layer in spec.layers:
+                for module in layer.recorded_modules():
+                    rec.record(module)
+            for module in spec.head:
+                rec.record(module)
+        for module in record:
+            rec.record(module)
+        if gradients:
+            for spec in streams.values():
+                rec.start_graph_at(spec.layers[0].block)
+        with torch.set_grad_enabled(gradients):  # also under a caller's no_grad()
+            outputs, objective = forward()
+            for name, spec in streams.items():
+                if name in tokens:
+                    spec.attention_calls(rec, tokens[name])  # a wrong declaration is named before anything reads it
+            calls = [rec.attention_call(site.module, site.call) for site in sites]
+            result = Pass(sites, outputs, objective, [c.probs for c in calls], recorder=rec)
+            if gradients:
+                grads = torch.autograd.grad(objective.sum(), [c.live for c in calls], allow_unused=True)
+                result.grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, result.probs)]
+    if lrp is not None:
+        for name, start in lrp(result).items():
+            indices = [i for i, site in enumerate(sites) if site.query == name and site.is_self]
+            first, result.attention_relevance[name] = lrp_through_layers(
+                streams[name], rec, [working(result.probs[i]) for i in indices], start.relevance, start.readout,
+                start.lowest)
+            result.first_layer[name], result.input_relevance[name] = first, first.sum(-1)
+    return result
+
+
+# --- which relevance a method gives for a pair of streams ------------------------------------------------------
+def _feeds(sites: list[Site], query: str) -> bool:
+    """Whether another stream reaches ``query``'s tokens through cross-attention."""
+    return any(site.query == query and not site.is_self for site in sites)
+
+
+def route(reads: str, sites: list[Site], query: str, key: str, linked: bool = False) -> str | None:
+    """How a method that ``reads`` "last" (the last attention map), "stream" (a stack of self-attention maps) or
+    "network" (every site, by the bi-modal rules) gives the relevance of ``query``'s tokens to ``key``'s:
+
+    - "network": the bi-modal rules over every site (other streams feed ``query``, or ``key`` is another stream);
+    - "stream": within ``query``'s own self-attention stack (``key`` is ``query``);
+    - "last": the last attention map from ``query`` to ``key``;
+    - "linked": within ``query``'s stack, read at the positions where ``key``'s tokens were copied in (GIT);
+    - None: the method has no rule for it.
+    """
+    crossing = key != query or _feeds(sites, query)
+    if reads == "network":
+        return "network" if crossing or linked else "stream"
+    if reads == "last":
+        if any(site.query == query and site.key == key for site in sites):
+            return "last"
+        return "linked" if linked else None
+    if _feeds(sites, query):
+        return None
+    return "stream" if key == query else ("linked" if linked else None)
+
+
+@dataclass
+class Reading:
+    """What a task asks of a pass: the relevance of ``query``'s rows (``readout`` (B, N_query) weights) to ``key``'s
+    tokens (``content`` (B, N_key) marks the ones an explanation is about; ``tokens`` (B, N_query) the real tokens of
+    the query stream). ``links``: site index -> (target, source, positions (B, K)) copies of ``source``'s outputs
+    into ``target`` before that site (GIT); ``positions``: where ``key``'s tokens sit in ``query``'s sequence."""
+
+    query: str
+    key: str
+    readout: torch.Tensor
+    tokens: torch.Tensor
+    content: torch.Tensor
+    sizes: dict[str, int] = field(default_factory=dict)
+    links: dict[int, tuple[str, str, torch.Tensor]] = field(default_factory=dict)
+    positions: torch.Tensor | None = None
+    stream_content: torch.Tensor | None = None
+
+
+def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
+    """The method's relevance (B, N_key) for a reading of a pass, by the route its declared ``reads`` takes."""
+    how = route(method.reads, result.sites, reading.query, reading.key, reading.positions is not None)
+    if how is None:
+        raise AssertionError(f"{method.name} was not refused before the pass for {reading.query} -> {reading.key}")
+    query_sites = [i for i, site in enumerate(result.sites) if site.query == reading.query]
+    if how == "last":
+        last = max(i for i in query_sites if result.sites[i].key == reading.key)
+        indices, content = [last], reading.content
+    else:
+        indices = [i for i in query_sites if result.sites[i].is_self]
+        content = reading.stream_content if how == "linked" else reading.content
+    grads = None if result.grads is None else [result.grads[i].float() for i in indices]
+    trace = Trace(probs=[result.probs[i].float() for i in indices], grads=grads, readout=reading.readout,
+                  token_mask=reading.tokens, content_mask=content,
+                  attention_relevance=result.attention_relevance.get(reading.query),
+                  input_relevance=result.input_relevance.get(reading.query))
+    if how == "network":
+        trace.network = Network(sites=[(s.query, s.key, s.together) for s in result.sites],
+                                probs=[p.float() for p in result.probs],
+                                grads=None if result.grads is None else [g.float() for g in result.grads],
+                                sizes=reading.sizes, links=reading.links, query=reading.query, key=reading.key)
+    relevance = method.attribute(trace)
+    if how == "linked":
+        relevance = torch.gather(relevance, 1, reading.positions)
+    return relevance
+
