@@ -75,8 +75,8 @@ def test_unknown_method_is_refused(setup):
 
 EXPECTED_METHODS = {
     "vit": IMAGE_METHODS,
-    "clip": ("raw_attention", "rollout", "attention_gradcam", "generic"),
-    "vilt": ("raw_attention", "rollout", "attention_gradcam", "generic"),
+    "clip": IMAGE_METHODS,  # every method: the LRP rules pass through each tower and ViLT's single stream
+    "vilt": IMAGE_METHODS,
     "captioner": ("raw_attention", "attention_gradcam", "generic"),
 }
 TOKEN_TRUTH = {"vit": False, "clip": True, "vilt": True, "captioner": False}
@@ -130,20 +130,20 @@ def test_config_errors_say_what_is_valid(tmp_path, text, message):
 
 
 def test_a_benchmark_that_computes_nothing_is_refused(tmp_path, capsys):
-    nothing = (r"Nothing to compute: none of the methods \['lrp'\] applies to scene-clip \(scene-clip supports "
-               r"attention_gradcam, generic, raw_attention, rollout\)")
+    nothing = (r"Nothing to compute: none of the methods \['lrp'\] applies to scene-captioner \(scene-captioner "
+               r"supports attention_gradcam, generic, raw_attention\)")
     with pytest.raises(ConfigError, match=nothing):
-        run_benchmark(BenchmarkSettings(scenes=2, models=("clip",), methods=("lrp",), out=str(tmp_path / "api")))
+        run_benchmark(BenchmarkSettings(scenes=2, models=("captioner",), methods=("lrp",), out=str(tmp_path / "api")))
     with pytest.raises(ConfigError, match=nothing):
-        run_task(default_task("clip", BENCHMARK_SEED), scenes(2, BENCHMARK_SEED), ("lrp",))
-    assert main(["benchmark", "--models", "clip", "--methods", "lrp", "--out", str(tmp_path / "cli")]) == 2
+        run_task(default_task("captioner", BENCHMARK_SEED), scenes(2, BENCHMARK_SEED), ("lrp",))
+    assert main(["benchmark", "--models", "captioner", "--methods", "lrp", "--out", str(tmp_path / "cli")]) == 2
     assert "Nothing to compute" in capsys.readouterr().err
     assert not (tmp_path / "api").exists() and not (tmp_path / "cli").exists()
 
 
 def test_models_no_method_applies_to_are_left_out_with_a_warning(tmp_path):
-    settings = BenchmarkSettings(scenes=2, models=("vit", "clip"), methods=("lrp",), out=str(tmp_path))
-    with pytest.warns(ToolkitWarning, match=r"Left out: none of the methods \['lrp'\] applies to scene-clip"):
+    settings = BenchmarkSettings(scenes=2, models=("vit", "captioner"), methods=("lrp",), out=str(tmp_path))
+    with pytest.warns(ToolkitWarning, match=r"Left out: none of the methods \['lrp'\] applies to scene-captioner"):
         rows = run_benchmark(settings)
     assert [(row.model, row.method) for row in rows] == [("scene-vit", "lrp")]
 

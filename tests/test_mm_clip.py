@@ -114,8 +114,8 @@ def test_several_images_give_every_pair(clip):
 def test_clip_refuses_what_it_cannot_do(clip):
     model, processor, image = clip
     ex = Explainer(model, processor)
-    with pytest.raises(UnsupportedModelError, match="generic"):
-        ex.explain(image=image, text="x", method="transformer_attribution")
+    with pytest.raises(InputError, match="start_layer_text=7 is out of range for the text tower"):
+        ex.explain(image=image, text="x", method="transformer_attribution", start_layer_text=7)
     with pytest.raises(InputError, match="empty"):
         ex.explain(image=image, text=["ok", " "])
     with pytest.raises(InputError, match="No image"):

@@ -101,11 +101,11 @@ def test_paired_images_of_different_shapes_are_padding_invariant(vilt):
     """Batching pads the square image to the wide one's size and the shorter question: nothing may change."""
     model, processor, images = vilt
     ex = Explainer(model, processor)
-    exps = ex.explain(image=images, question=QUESTIONS[:2])
+    exps = ex.explain(image=images, question=QUESTIONS[:2], method="generic")
     assert [e.heatmap.shape for e in exps] == [(4, 6), (4, 4)]
     assert [e.image.shape for e in exps] == [(32, 48, 3), (32, 32, 3)]
     for exp, image, question in zip(exps, images, QUESTIONS[:2]):
-        alone = ex.explain(image=image, question=question)
+        alone = ex.explain(image=image, question=question, method="generic")
         assert isinstance(alone, Explanation)
         np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-6)
@@ -117,9 +117,9 @@ def test_paired_images_of_different_shapes_are_padding_invariant(vilt):
 def test_named_and_indexed_targets(vilt):
     model, processor, images = vilt
     ex = Explainer(model, processor)
-    named = ex.explain(image=images[1], question=QUESTIONS[0], target="red")
+    named = ex.explain(image=images[1], question=QUESTIONS[0], target="red", method="generic")
     assert_matches(named, reference(model, processor, images[1], QUESTIONS[0], "generic", target=3))
-    several = ex.explain(image=images[1], question=QUESTIONS[:2], target=["no", 4])
+    several = ex.explain(image=images[1], question=QUESTIONS[:2], target=["no", 4], method="generic")
     assert [e.answer for e in several] == ["no", "dog"]
     assert_matches(several[1], reference(model, processor, images[1], QUESTIONS[1], "generic", target=4))
     with pytest.raises(InputError, match="'red'"):
@@ -141,8 +141,8 @@ def test_bad_inputs_and_methods(vilt):
         ex.explain(question="x")
     with pytest.raises(InputError, match="unexpected"):
         ex.explain(image=images[0], question="x", text="y")
-    with pytest.raises(UnsupportedModelError, match="generic"):
-        ex.explain(image=images[0], question="x", method="transformer_attribution")
+    with pytest.raises(InputError, match="start_layer=9 is out of range for the model, which has 3 layers"):
+        ex.explain(image=images[0], question="x", method="transformer_attribution", start_layer=9)
 
 
 def test_from_pretrained_and_save_load(vilt, tmp_path):
@@ -150,7 +150,7 @@ def test_from_pretrained_and_save_load(vilt, tmp_path):
     model.save_pretrained(tmp_path / "vqa")
     processor.save_pretrained(tmp_path / "vqa")
     loaded = Explainer.from_pretrained(str(tmp_path / "vqa"))
-    exp = loaded.explain(image=images[0], question=QUESTIONS[1])
+    exp = loaded.explain(image=images[0], question=QUESTIONS[1], method="generic")
     assert_matches(exp, reference(model, processor, images[0], QUESTIONS[1], "generic"))
     assert loaded.labels == dict(enumerate(ANSWERS))
     back = Explanation.load(exp.save(tmp_path / "exp"))

@@ -121,7 +121,8 @@ class Explainer:
     def default_method(self) -> str:
         """The method ``explain`` uses when none is named: the first of DEFAULT_PREFERENCE that applies."""
         applicable = self.applicable_methods()
-        return next((name for name in DEFAULT_PREFERENCE if name in applicable), applicable[0])
+        preference = getattr(self.adapter, "preferred_methods", DEFAULT_PREFERENCE)
+        return next((name for name in preference if name in applicable), applicable[0])
 
     def explain(self, inputs: Any = None, method: str | None = None, target: Any = None,
                 *, text_pair: Any = None, start_layer: int = 0, batch_size: int = 16,

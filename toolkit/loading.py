@@ -139,11 +139,11 @@ def _load_huggingface(name: str, kwargs: dict[str, Any], describe):
     from transformers.models.auto.modeling_auto import (MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
                                                         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
 
-    from .multimodal import MULTIMODAL_ADAPTERS
+    from .multimodal import IMAGE_TEXT_ADAPTERS
 
     try:
         config = AutoConfig.from_pretrained(name)
-        multimodal = next((a for a in MULTIMODAL_ADAPTERS if config.model_type in a.model_types), None)
+        multimodal = next((a for a in IMAGE_TEXT_ADAPTERS if config.model_type in a.model_types), None)
         if multimodal is not None:
             model, processor = multimodal.load(name, **kwargs)
             check_vocabulary(name, getattr(processor, "tokenizer", processor))

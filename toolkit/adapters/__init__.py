@@ -27,7 +27,13 @@ def register_adapter(adapter: type[ModelAdapter]) -> type[ModelAdapter]:
     return adapter
 
 
-def declared_adapter(declaration: families.Family, model: nn.Module, processor: Any = None) -> DeclaredAdapter:
+def declared_adapter(declaration: families.Family, model: nn.Module, processor: Any = None):
+    """The adapter of a declared family: a classifier's or language model's by its inputs, an image-text family's
+    by its task."""
+    if declaration.inputs == "image-text":
+        from ..multimodal import TASKS
+
+        return TASKS[declaration.get("task")](model, processor, declaration)
     return DECLARED[declaration.inputs](model, processor, declaration)
 
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..errors import FamilyError, UnsupportedModelError
 from .capture import AttentionCall, Recorder
 
-READOUTS = ("token", "mean", "mean-content", "next-token")
+READOUTS = ("token", "mean", "mean-content", "next-token", "given")
 
 
 @dataclass
@@ -68,7 +68,8 @@ class ModelSpec:
     average over real tokens, as sentence encoders pool) or ``"mean-content"`` (the average over content
     tokens: the patches without the prefix tokens, as BEiT and timm's ``global_pool="avg"`` pool) or ``"next-token"``
     (a causal language model: each explained token is read at the position before it, which the generation task
-    gives per step).
+    gives per step) or ``"given"`` (a stream of an image-text family whose task gives each sample's read-out, as
+    CLIP's end-of-text token).
     ``origin`` names the declaration for messages, ``paths`` the declared path of each module, and
     ``nearby(path)`` the module paths that exist close to a path that did not work.
     """
@@ -85,7 +86,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.readout not in READOUTS:
             raise ValueError(f"readout {self.readout!r} is none of {READOUTS}")
-        if self.readout != "token" and self.lrp_blocker is None:
+        if self.readout not in ("token", "given") and self.lrp_blocker is None:
             self.lrp_blocker = "the prediction reads a mean over tokens, and mean pooling has no LRP rule here"
 
     def check_lrp(self) -> None:

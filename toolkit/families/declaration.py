@@ -28,7 +28,15 @@ KEYS = {
     "name": "the family's name (defaults to the entry's key or the file's name)",
     "description": "what the family covers, shown in lists of supported families",
     "match": "which models the entry explains: model_type, class (patterns), config values",
-    "inputs": "text, image, or text-generation (a causal language model: every explained token read at the position before it)",
+    "inputs": "text, image, text-generation (a causal language model: every explained token read at the position "
+              "before it), or image-text (streams of layers that attend to each other; see task and streams)",
+    "task": "image-text families: the task that prepares inputs, runs the model and builds the explanations "
+            "(clip, siglip, vilt-vqa, blip-captioning, blip-vqa, git)",
+    "streams": "image-text families: {stream name: its layers declared with the keys above (layers, heads, probs, "
+               "query..., head, readout), plus cross: {module, output, key} where each layer also attends to "
+               "another stream}, in the order the model runs them",
+    "cross": "in a stream: where each layer's cross-attention probabilities are captured, {module: path, output: "
+             "index, key: the stream it attends to}",
     "source": "hf (default) or timm: how images are preprocessed, how labels are read",
     "forward_kwargs": "keyword arguments every forward call gets (e.g. output_attentions: true)",
     "layers": "pattern of the layer modules, * standing for the layer index",
@@ -54,7 +62,8 @@ LINEAR_PARTS = ("query", "key", "value", "qkv", "out_proj", "fc1", "fc2")
 MODULE_PARTS = ("attn_branch", "mlp_branch")
 SCALE_PARTS = ("attn_scale", "mlp_scale")
 MISSING = object()
-INPUTS = ("text", "image", "text-generation")
+INPUTS = ("text", "image", "text-generation", "image-text")
+STREAM = "stream"  # the inputs of a stream inside an image-text family
 
 
 def expand(path: str, base: str, index: str | None = None) -> str:
@@ -135,11 +144,22 @@ class Family:
                 close = difflib.get_close_matches(str(key), KEYS, n=1)
                 raise self.error(f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
                                  + f" Keys: {', '.join(KEYS)}.")
-        needed = ["inputs", "layers", "heads", "probs"] + (["patch_embedding"] if self.get("inputs") == "image" else [])
+        kind = self.get("inputs")
+        needed = (["task", "streams"] if kind == "image-text" else ["inputs", "layers", "heads", "probs"]
+                  + (["patch_embedding"] if kind == "image" else []))
         missing = [key for key in needed if key not in self.entry]
         if missing:
             raise self.error(f"missing {', '.join(missing)} ({'; '.join(KEYS[key] for key in missing)})")
-        self._one_of("inputs", INPUTS)
+        self._one_of("inputs", INPUTS + ((STREAM,) if "." in self.name else ()))
+        misplaced = [key for key in ("task", "streams") if key in self.entry and kind != "image-text"]
+        misplaced += ["cross"] if "cross" in self.entry and kind != STREAM else []
+        if misplaced:
+            raise self.error(f"{', '.join(misplaced)} belong{'s' if len(misplaced) == 1 else ''} to "
+                             + ("a stream of an image-text family" if misplaced == ["cross"] else
+                                "an image-text family (inputs: image-text)"))
+        if kind == "image-text":
+            self._check_streams()
+            return
         self._one_of("source", quirks.SOURCES, optional=True)
         self._one_of("norm", ("pre", "post"), optional=True)
         self._one_of("layer_order", quirks.LAYER_ORDERS, optional=True)
@@ -169,6 +189,31 @@ class Family:
                 raise self.error(f"each lrp_blockers item is {{reason: text, if_present: [paths]}}; got {blocker!r}")
         if not isinstance(self.get("forward_kwargs", {}), dict):
             raise self.error("forward_kwargs must be a mapping of keyword arguments")
+
+    def _check_streams(self) -> None:
+        from ..multimodal import TASKS  # the Python side of each image-text task; imported on use (no cycle)
+
+        self._one_of("task", TASKS)
+        streams = self.entry["streams"]
+        if not isinstance(streams, dict) or not streams:
+            raise self.error("streams must map stream names to layer declarations, e.g. {image: {layers: ...}, "
+                             "text: {layers: ...}}")
+        for name in streams:
+            stream = self.stream(name)
+            cross = stream.get("cross")
+            if cross is None:
+                continue
+            if not (isinstance(cross, dict) and isinstance(cross.get("module"), str) and cross.get("key") in streams
+                    and set(cross) <= {"module", "output", "key"}):
+                raise stream.error(f"cross must be {{module: path, output: index, key: one of {', '.join(streams)}}}; "
+                                   f"got {cross!r}")
+
+    def stream(self, name: str) -> "Family":
+        """One stream of an image-text family, as a family of its own (its keys checked as a classifier's are)."""
+        entry = self.entry["streams"][name]
+        if not isinstance(entry, dict):
+            raise self.error(f"stream {name!r} must be a mapping of keys; got {type(entry).__name__}")
+        return Family.parse(f"{self.name}.{name}", {**entry, "inputs": STREAM}, self.origin)
 
     def _one_of(self, key: str, allowed, optional: bool = False) -> None:
         if optional and key not in self.entry:
@@ -321,16 +366,17 @@ class Layout:
             return quirks.LAYER_ORDERS[order](self.model, found)
         return [(name, module, 0) for _, name, module in found]
 
-    def attention_modules(self) -> list[tuple[nn.Module, Callable[[Any], torch.Tensor], int, str]]:
-        """(capture module, probability extractor, call, its path) per layer: what every method records."""
-        probs = self.family.entry["probs"]
+    def attention_modules(self, key: str = "probs") -> list[tuple[nn.Module, Callable[[Any], torch.Tensor], int, str]]:
+        """(capture module, probability extractor, call, its path) per layer: what every method records (``key``
+        "cross": where a stream's layers attend to another stream)."""
+        probs = self.family.entry[key]
         captured = []
         for path, layer, call in self.layers():
             index = path.rsplit(".", 1)[-1]
             full = self.full_path(probs["module"], path, index)
-            module = layer if not probs["module"] else self.find("probs.module", probs["module"], path, index)
+            module = layer if not probs["module"] else self.find(f"{key}.module", probs["module"], path, index)
             if not isinstance(module, nn.Module):
-                raise self.error(f"probs.module {probs['module']!r} is a {type(module).__name__}, not a module", full)
+                raise self.error(f"{key}.module {probs['module']!r} is a {type(module).__name__}, not a module", full)
             captured.append((module, _output(probs.get("output"), self._no_probs(full, probs.get("output"))), call, full))
         return captured
 

@@ -13,6 +13,7 @@ from ..core import engine
 from ..core.engine import Site
 from ..core.spec import ModelSpec
 from ..errors import InputError, UnsupportedModelError
+from ..families import Family
 from ..images import image_items, to_rgb
 from ..methods import Method
 
@@ -40,28 +41,51 @@ class MultimodalAdapter(ABC):
     examples: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  # Hugging Face config.model_type values loaded by ``load``
     readings: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
+    # The bi-modal rules of ICCV 2021 were written for these models; Transformer Attribution reaches CLIP's towers
+    # and ViLT too, but stays an option until the faithfulness measurements (issue 13) choose.
+    preferred_methods: ClassVar[tuple[str, ...]] = ("generic",)
 
-    def __init__(self, model: nn.Module, processor: Any = None):
+    def __init__(self, model: nn.Module, processor: Any = None, declaration: Family | None = None):
+        """``declaration``: the family's entry in families.yaml (or a user's), whose streams give the sites;
+        families whose sites are Python (LXMERT, VisionEncoderDecoder, open_clip) have none."""
         self.model = model
         self.processor = processor
         self.name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        self.layouts = {} if declaration is None else {
+            name: declaration.stream(name).bind(model) for name in declaration.entry["streams"]}
+        self._sites = self._specs = None
+        if self.layouts:
+            self.sites()  # a wrong entry is named before any input is read
 
     @classmethod
-    @abstractmethod
-    def matches(cls, model: nn.Module) -> bool: ...
+    def matches(cls, model: nn.Module) -> bool:
+        """Whether a family of Python sites explains ``model`` (declared families are matched by their entry)."""
+        return False
 
     @classmethod
     def load(cls, name: str, **kwargs) -> tuple[nn.Module, Any]:
         """The stock model and its processor, from the Hub or a local folder."""
         raise NotImplementedError
 
-    @abstractmethod
     def sites(self) -> list[Site]:
-        """Every attention module, in the order the model runs them."""
+        """Every attention module, in the order the model runs them: per declared stream, each layer's
+        self-attention and then its cross-attention."""
+        if self._sites is None:
+            self._sites = []
+            for name, layout in self.layouts.items():
+                cross = layout.family.get("cross")
+                crossing = layout.attention_modules("cross") if cross else [None] * len(layout.layers())
+                for (module, extract, call, _), other in zip(layout.attention_modules(), crossing):
+                    self._sites.append(Site(module, extract, name, name, call))
+                    if other is not None:
+                        self._sites.append(Site(other[0], other[1], name, cross["key"], other[2]))
+        return self._sites
 
     def streams(self) -> dict[str, ModelSpec]:
-        """The stacks of self-attention layers declared with every part the LRP rules read, by stream."""
-        return {}
+        """The declared stacks of self-attention layers with the parts the LRP rules read (or why they cannot pass)."""
+        if self._specs is None:
+            self._specs = {name: layout.spec() for name, layout in self.layouts.items()}
+        return self._specs
 
     @abstractmethod
     def explain(self, method: Method, target: Any, **inputs) -> list:

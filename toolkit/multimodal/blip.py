@@ -14,7 +14,7 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts
-from .base import Site, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
+from .base import MultimodalAdapter, reject_unknown, string_list, to_numpy
 from ..core import engine
 from .captioning import CaptioningAdapter, patch_content, patch_layout, processor_parts
 from .clip import pair_grid, shown_images
@@ -30,34 +30,14 @@ def load_blip(name: str, **kwargs):
     return model_class.from_pretrained(name, attn_implementation="eager", **kwargs), AutoProcessor.from_pretrained(name)
 
 
-def vision_sites(vision_model: nn.Module) -> list[Site]:
-    return [Site(layer.self_attn, second_output, "image", "image") for layer in vision_model.encoder.layers]
-
-
-def text_sites(text_model: nn.Module, query: str, key: str) -> list[Site]:
-    """Per BLIP text layer: self-attention in ``query``, then cross-attention from ``query`` to ``key``."""
-    sites = []
-    for layer in text_model.encoder.layer:
-        sites.append(Site(layer.attention.self, second_output, query, query))
-        sites.append(Site(layer.crossattention.self, second_output, query, key))
-    return sites
-
-
 class BlipCaptioningAdapter(CaptioningAdapter):
     family = "blip-captioning"
     examples = "Hugging Face BlipForConditionalGeneration (Salesforce/blip-image-captioning-*)"
     model_types = ("blip",)
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "BlipForConditionalGeneration"
-
-    @classmethod
     def load(cls, name: str, **kwargs):
         return load_blip(name, **kwargs)
-
-    def sites(self) -> list[Site]:
-        return vision_sites(self.model.vision_model) + text_sites(self.model.text_decoder.bert, "text", "image")
 
     def patch_size(self) -> int:
         return self.model.config.vision_config.patch_size
@@ -115,16 +95,8 @@ class BlipVQAAdapter(MultimodalAdapter):
     readings = (("answer", "question", False),)  # the image: see image_relevance
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "BlipForQuestionAnswering"
-
-    @classmethod
     def load(cls, name: str, **kwargs):
         return load_blip(name, **kwargs)
-
-    def sites(self) -> list[Site]:
-        return (vision_sites(self.model.vision_model) + text_sites(self.model.text_encoder, "question", "image")
-                + text_sites(self.model.text_decoder.bert, "answer", "question"))
 
     def _answer_ids(self, answer: Any, count: int, tokenizer: Any) -> list[list[int]]:
         answers = string_list(answer, "answer")

@@ -5,15 +5,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ..errors import InputError
 from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import encoded_words, read_texts, special_token_mask, unknown_token_mask, word_scores
+from ..core import engine
 from ..core.engine import Pass
-from .base import MultimodalAdapter, Site, reject_unknown, second_output, string_list, to_numpy
+from .base import MultimodalAdapter, one_hot_rows, reject_unknown, string_list, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -36,8 +36,9 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
                             text_tokens: list[list[str]], text_valid: torch.Tensor, text_special: torch.Tensor,
                             logits: torch.Tensor, similarity: torch.Tensor, grid: tuple[int, int], prefix: int,
                             shown: list, image_processor: Any, options: dict,
-                            text_words: list[dict] | None = None) -> list:
-    """One Explanation per pair; the probability is the softmax over the texts given for that image.
+                            text_words: list[dict] | None = None, probability: Any = None) -> list:
+    """One Explanation per pair; the probability is the softmax over the texts given for that image, or
+    ``probability(logits)`` of each pair on its own (SigLIP's sigmoid).
 
     ``text_special`` marks the start and end-of-text tokens (the latter is where the text is read out), which
     displays leave out; ``text_words`` (from a fast tokenizer) groups the tokens into the caption's words."""
@@ -45,14 +46,17 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
     geometry = [original_geometry(image, image_processor) for image in images]
     explanations = []
     for b, (i, t) in enumerate(pairs):
-        same_image = [k for k, (ii, _) in enumerate(pairs) if ii == i]
-        probabilities = np.exp(logits_np[same_image] - logits_np[same_image].max())
-        probability = float(probabilities[same_image.index(b)] / probabilities.sum())
+        if probability is not None:
+            chance = float(probability(logits[b]))
+        else:
+            same_image = [k for k, (ii, _) in enumerate(pairs) if ii == i]
+            probabilities = np.exp(logits_np[same_image] - logits_np[same_image].max())
+            chance = float(probabilities[same_image.index(b)] / probabilities.sum())
         valid = to_numpy(text_valid[b]).astype(bool)
         scores = to_numpy(text_rel[b])[valid]
         words = (text_words or [{}] * len(pairs))[b]
         explanations.append(Explanation(
-            method=method.name, model=adapter.name, target=t, label=texts[t], probability=probability,
+            method=method.name, model=adapter.name, target=t, label=texts[t], probability=chance,
             scores=scores, tokens=text_tokens[b], special_tokens=to_numpy(text_special[b])[valid].astype(bool),
             words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]) if words else None,
             unknown_words=words.get("unknown_words"), heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid),
@@ -79,6 +83,24 @@ def class_token_relevance(adapter: MultimodalAdapter, method: Method, result: Pa
     patches[:, 0] = False
     return adapter.relevance(method, result, "image", "image", torch.zeros(batch, dtype=torch.long,
                                                                            device=adapter.device), image_mask, patches)
+
+
+def tower_lrp(adapter: MultimodalAdapter, method: Method, text_method: Method, text_rows: torch.Tensor):
+    """Where LRP starts in each tower for the similarity ``scale * <e_i / |e_i|, e_t / |e_t|>``: at each projection's
+    output, dimension d holds scale * ê_i[d] * ê_t[d] (the norms held constant, as LayerNorm's are), which sums to
+    the logit; the image tower reads its class token, the text tower each text's read-out position."""
+    def starts(result: Pass) -> dict[str, engine.LRPStart]:
+        out, specs = result.outputs, adapter.streams()
+        shared = (out.image_embeds * out.text_embeds).detach() * adapter.model.logit_scale.exp().detach()
+        tokens = {name: result.probs[next(i for i, site in enumerate(result.sites) if site.query == name)].shape[-1]
+                  for name in specs}
+        batch = shared.shape[0]
+        image_rows = one_hot_rows(torch.zeros(batch, dtype=torch.long, device=shared.device), tokens["image"])
+        return {"image": engine.LRPStart(shared, image_rows, method.lowest_lrp_layer(len(specs["image"].layers))),
+                "text": engine.LRPStart(shared, one_hot_rows(text_rows, tokens["text"]),
+                                        text_method.lowest_lrp_layer(len(specs["text"].layers)))}
+
+    return starts
 
 
 def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
@@ -109,21 +131,10 @@ class HFCLIPAdapter(MultimodalAdapter):
     readings = (("image", "image", False), ("text", "text", False))
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "CLIPModel"
-
-    @classmethod
     def load(cls, name: str, **kwargs):
         from transformers import AutoProcessor, CLIPModel
 
         return CLIPModel.from_pretrained(name, attn_implementation="eager", **kwargs), AutoProcessor.from_pretrained(name)
-
-    def sites(self) -> list[Site]:
-        vision = [Site(layer.self_attn, second_output, "image", "image")
-                  for layer in self.model.vision_model.encoder.layers]
-        text = [Site(layer.self_attn, second_output, "text", "text")
-                for layer in self.model.text_model.encoder.layers]
-        return vision + text
 
     def _eot_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Where CLIP's text tower reads its pooled output (as CLIPTextTransformer does)."""
@@ -156,10 +167,10 @@ class HFCLIPAdapter(MultimodalAdapter):
             out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
             return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
 
-        captured = self.run(method, run)
+        eot = self._eot_positions(enc["input_ids"])
+        captured = self.run(method, run, lrp=tower_lrp(self, method, text_method, eot))
         image_rel = class_token_relevance(self, method, captured, len(pairs))
         text_mask = enc["attention_mask"].bool()
-        eot = self._eot_positions(enc["input_ids"])
         special = special_or_readout(special_tokens(processor.tokenizer, enc["input_ids"]), eot)
         text_rel = self.relevance(text_method, captured, "text", "text", eot, text_mask, text_mask & ~special)
         tokens = [processor.tokenizer.convert_ids_to_tokens(ids[mask]) for ids, mask in

@@ -4,11 +4,9 @@ image tokens and to the earlier text."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from ..core.engine import Pass
 from ..methods import Method
-from .base import Site, second_output
 from .captioning import CaptioningAdapter, StepBatch, id_set, patch_content
 
 
@@ -25,24 +23,11 @@ class GitCaptioningAdapter(CaptioningAdapter):
     readings = (("joint", "image", True), ("joint", "joint", False))
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "GitForCausalLM"
-
-    @classmethod
     def load(cls, name: str, **kwargs):
         from transformers import AutoProcessor, GitForCausalLM
 
         model = GitForCausalLM.from_pretrained(name, attn_implementation="eager", **kwargs)
         return model, AutoProcessor.from_pretrained(name)
-
-    def _image_sites(self) -> list[Site]:
-        return [Site(layer.self_attn, second_output, "image", "image")
-                for layer in self.model.git.image_encoder.vision_model.encoder.layers]
-
-    def sites(self) -> list[Site]:
-        joint = [Site(layer.attention.self, second_output, "joint", "joint")
-                 for layer in self.model.git.encoder.layer]
-        return self._image_sites() + joint
 
     def patch_size(self) -> int:
         return self.model.config.vision_config.patch_size
@@ -71,7 +56,7 @@ class GitCaptioningAdapter(CaptioningAdapter):
         patches = patch_content(batch, image_tokens, prefix, self.device)
         content = torch.cat([patches, visible_text], dim=1)
         sizes = {"image": image_tokens, "joint": image_tokens + length}
-        links = {len(self._image_sites()): ("joint", "image", positions)}
+        links = {next(i for i, site in enumerate(self.sites()) if site.query == "joint"): ("joint", "image", positions)}
         image = self.relevance(method, captured, "joint", "image", rows, tokens, patches, sizes=sizes, links=links,
                                positions=positions, stream_content=content)
         joint = self.relevance(method, captured, "joint", "joint", rows, tokens, content, sizes=sizes, links=links)

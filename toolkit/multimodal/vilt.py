@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
@@ -18,7 +17,9 @@ from ..images import original_geometry
 from ..labels import find_label, ranked_labels
 from ..methods import Method
 from ..text import encoded_words, read_texts, unknown_token_mask, word_scores
-from .base import Site, MultimodalAdapter, reject_unknown, second_output, string_list, to_numpy
+from ..core import engine
+from ..core.propagation import one_hot
+from .base import MultimodalAdapter, one_hot_rows, reject_unknown, string_list, to_numpy
 from .captioning import processor_parts
 from .clip import shown_images, special_tokens
 
@@ -95,10 +96,6 @@ class ViltVQAAdapter(MultimodalAdapter):
     readings = (("joint", "joint", False),)
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "ViltForQuestionAnswering"
-
-    @classmethod
     def load(cls, name: str, **kwargs):
         from transformers import ViltForQuestionAnswering, ViltProcessor
 
@@ -109,10 +106,6 @@ class ViltVQAAdapter(MultimodalAdapter):
     @property
     def labels(self) -> dict[int, str]:
         return answer_labels(self.model.config, self.model.config.num_labels)
-
-    def sites(self) -> list[Site]:
-        return [Site(layer.attention.attention, second_output, "joint", "joint")
-                for layer in self.model.vilt.encoder.layer]
 
     def explain(self, method: Method, target: Any, image: Any = None, question: Any = None,
                 **unknown) -> Explanation | list[Explanation]:
@@ -146,7 +139,16 @@ class ViltVQAAdapter(MultimodalAdapter):
                              image_embeds=image_embeds, pixel_mask=image_mask, output_attentions=True)
             return out, out.logits.gather(1, chosen_answers(targets, out.logits)[:, None])[:, 0]
 
-        captured = self.run(method, run)
+        def lrp_start(result: engine.Pass) -> dict[str, engine.LRPStart]:
+            """LRP starts at the explained answer's logit and reaches the joint sequence at the pooled [CLS]."""
+            logits, spec = result.outputs.logits, self.streams()["joint"]
+            spec.check_head(result.recorder, logits)
+            rows = one_hot_rows(torch.zeros(len(pairs), dtype=torch.long, device=self.device),
+                                enc["input_ids"].shape[1] + image_embeds.shape[1])
+            return {"joint": engine.LRPStart(one_hot(chosen_answers(targets, logits), logits.shape[-1]), rows,
+                                             method.lowest_lrp_layer(len(spec.layers)))}
+
+        captured = self.run(method, run, lrp=lrp_start)
         answers = chosen_answers(targets, captured.outputs.logits).tolist()
         text_mask, image_mask = enc["attention_mask"].bool(), image_mask.bool()
         patches = image_mask.clone()
