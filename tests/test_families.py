@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -386,6 +387,14 @@ def test_from_pretrained_takes_a_family_file(wordpiece, tmp_path):
     for method in ("transformer_attribution", "lrp", "rollout"):
         for a, b in zip(loaded.explain(TEXTS, method=method), Explainer(twin, wordpiece).explain(TEXTS, method=method)):
             assert_scores(a.scores, b.scores, f"data2vec-text vs roberta {method}")
+    from toolkit.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["explain", "--model", str(tmp_path / "model"), "--family", str(tmp_path / "data2vec_text.yaml"),
+                 "--text", TEXTS[0], "--method", "lrp", "--out", str(out)]) == 0
+    saved = sorted(out.glob("*.npz"))
+    assert saved and np.allclose(np.load(saved[0])["scores"], loaded.explain(TEXTS[0], method="lrp").scores, atol=1e-6)
+    assert main(["explain", "--model", "vit", "--family", str(tmp_path / "data2vec_text.yaml")]) == 2
 
 
 # --- wrong entries -----------------------------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ def _parse_labels(spec: str | None) -> dict[str, str] | None:
 
 
 def _load(args) -> Explainer:
+    if args.family and (args.model == OFFLINE_MODEL or args.model in zoo.MODULES):
+        raise ToolkitError(f"--family declares the layout of a model the toolkit does not know; --model {args.model} "
+                           "is built in and already declared.")
     if args.model == OFFLINE_MODEL:
         from .zero_shot import ZeroShotTextClassifier, bundled_minilm_path
 
@@ -56,7 +59,7 @@ def _load(args) -> Explainer:
             raise ToolkitError("--random-weights applies to timm and open_clip models (random weights, no "
                                f"download); {args.model!r} is loaded from {source!r} with its own weights.")
         kwargs["pretrained"] = None if source == "open_clip" else False
-    return Explainer.from_pretrained(args.model, source=source, **kwargs)
+    return Explainer.from_pretrained(args.model, source=source, family=args.family, **kwargs)
 
 
 def _positive(text: str) -> int:
@@ -293,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"name, local folder, timm or open_clip name (default: {OFFLINE_MODEL}, a zero-shot "
                               "classifier over the MiniLM encoder shipped on PyPI; works offline)")
     explain.add_argument("--source", default="auto", choices=["auto", "hf", "timm", "open_clip"])
+    explain.add_argument("--family", help="a YAML file declaring the layout of a model the toolkit does not know "
+                                          "(see the README: 'A model the toolkit does not know')")
     explain.add_argument("--text", action="append", help="a text to explain (repeatable); with --image, the texts "
                                                           "CLIP compares each image with")
     explain.add_argument("--image", action="append", help="an image file to explain (repeatable)")
