@@ -158,6 +158,8 @@ class Explainer:
                 f"The model's weights were made under torch.inference_mode(), and {name!r} needs gradients, which "
                 "autograd cannot take through such tensors: create or load the model outside inference mode "
                 f"(torch.no_grad() is fine), or use a method without gradients: {', '.join(gradient_free)}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer; got {batch_size!r}.")
         options = {key: keywords.pop(key) for key in list(keywords) if key in method_cls.extra_options}
         method_impl = method_cls(start_layer=start_layer, **options)
         _note_scene_model_on_photos(self.model, inputs if inputs is not None else keywords.get("image"))
@@ -166,7 +168,7 @@ class Explainer:
                 if inputs is not None:
                     raise InputError(f"{self.adapter.family} models take keyword inputs: "
                                      "explain(image=..., text=... / question=... / caption=...).")
-                result = self.adapter.explain(method_impl, target, **keywords)
+                result = self.adapter.explain_in_batches(method_impl, target, batch_size, progress, **keywords)
             elif getattr(self.adapter, "generation", False):
                 unknown = sorted(set(keywords) - set(self.adapter.keywords))
                 if unknown:
@@ -192,8 +194,6 @@ class Explainer:
                             progress: bool | None) -> Explanation | list[Explanation]:
         """Every input and target that can be checked without the model is checked before the first batch runs,
         so that a mistake at input #900 does not surface after 899 explanations were computed and lost."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer; got {batch_size!r}.")
         single, items = _as_items(inputs, self.adapter.modality)
         pairs = None if text_pair is None else ([text_pair] if single else list(text_pair))
         stacked = _stacked(inputs, self.adapter.modality)

@@ -166,8 +166,6 @@ class CausalLMAdapter(DeclaredAdapter):
                                            ("max_new_tokens", max_new_tokens)) if value is not None]
         if len(chosen) > 1:
             raise InputError(f"Give one of target, continuation and max_new_tokens; got {', '.join(chosen)}.")
-        if batch_size < 1:
-            raise InputError("batch_size must be at least 1.")
         single = isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
                                               and isinstance(prompts[0], (int, np.integer)))
         items = [prompts] if single else list(prompts or [])

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tqdm.auto import tqdm
+
 from ..core import engine
 from ..core.engine import Site
 from ..core.spec import ModelSpec
@@ -44,6 +46,16 @@ class MultimodalAdapter(ABC):
     # The bi-modal rules of ICCV 2021 were written for these models; Transformer Attribution reaches CLIP's towers
     # and ViLT too, but stays an option until the faithfulness measurements (issue 13) choose.
     preferred_methods: ClassVar[tuple[str, ...]] = ("generic",)
+    # How keyword inputs pair up, for explain(..., batch_size=): the keyword whose items are images (a batch of them
+    # an array of rank ``image_rank``), the one whose items pair with them (None: one explanation per image), how
+    # ("grid": every image with every text, image-major; "zip": one with many, or two lists in order), and the
+    # keywords that may give one value per pair (a list), which travel with their pairs.
+    image_keyword: ClassVar[str] = "image"
+    image_rank: ClassVar[int] = 4
+    text_keyword: ClassVar[str | None] = None
+    pairing: ClassVar[str] = "grid"
+    per_pair: ClassVar[tuple[str, ...]] = ()
+    numbered: ClassVar[bool] = False  # explain() takes first_index: explanations and messages number the images
 
     def __init__(self, model: nn.Module, processor: Any = None, declaration: Family | None = None):
         """``declaration``: the family's entry in families.yaml (or a user's), whose streams give the sites;
@@ -90,6 +102,68 @@ class MultimodalAdapter(ABC):
     @abstractmethod
     def explain(self, method: Method, target: Any, **inputs) -> list:
         """Explanations for the given inputs (one per image-text pair, question, or caption)."""
+
+    def explain_in_batches(self, method: Method, target: Any, batch_size: int, progress: bool | None,
+                           **inputs: Any) -> Any:
+        """:meth:`explain`, ``batch_size`` pairs per pass: the inputs are cut into runs of whole pairs (whole images
+        with all their texts on a grid), in order, with the per-pair values (targets among them) beside them."""
+        images, texts = inputs.get(self.image_keyword), inputs.get(self.text_keyword) if self.text_keyword else None
+        n_images, n_texts = self._count(images, self.image_rank), self._count(texts, 2)
+        if self.text_keyword is None:
+            n_texts = 1
+        pairs = n_images * n_texts if self.pairing == "grid" else max(n_images, n_texts)
+        if pairs <= batch_size:
+            return self.explain(method, target, **inputs)
+        if self.pairing == "grid" or n_texts == 1:   # runs of whole images
+            step = max(1, batch_size // n_texts)
+            runs = [(slice(s, s + step), None, slice(s * n_texts, (s + step) * n_texts)) for s in range(0, n_images, step)]
+        elif n_images == 1:                          # one image, many texts
+            runs = [(None, slice(s, s + batch_size), slice(s, s + batch_size)) for s in range(0, n_texts, batch_size)]
+        else:                                        # as many images as texts, in order
+            runs = [(slice(s, s + batch_size),) * 3 for s in range(0, pairs, batch_size)]
+        results = []
+        for image_part, text_part, pair_part in tqdm(runs, desc=method.name, unit="batch",
+                                                     disable=not (progress if progress is not None else True)):
+            chunk = dict(inputs)
+            if image_part is not None:
+                for keyword in self.image_side():
+                    if self._count(inputs.get(keyword), self.image_rank) == n_images > 1:
+                        chunk[keyword] = self._items(inputs[keyword])[image_part]
+            if text_part is not None:
+                chunk[self.text_keyword] = list(texts)[text_part]
+            for keyword in self.per_pair:
+                if self._per_pair(inputs.get(keyword), pairs):
+                    chunk[keyword] = list(inputs[keyword])[pair_part]
+            per_pair_target = isinstance(target, (list, tuple)) and len(target) == pairs
+            chunk_target = list(target)[pair_part] if per_pair_target else target
+            if self.numbered:
+                chunk["first_index"] = pair_part.start
+            explained = self.explain(method, chunk_target, **chunk)
+            results.extend(explained if isinstance(explained, list) else [explained])
+        return results
+
+    def image_side(self) -> tuple[str, ...]:
+        """The keywords that give one value per image (LXMERT's boxes and pictures go with its region features)."""
+        return (self.image_keyword,)
+
+    @staticmethod
+    def _count(value: Any, rank: int) -> int:
+        """How many items a keyword gives: a list's length, a batch array's first dimension, else one."""
+        if isinstance(value, (list, tuple)):
+            return len(value)
+        if (torch.is_tensor(value) or isinstance(value, np.ndarray)) and value.ndim == rank:
+            return value.shape[0]
+        return 1
+
+    @staticmethod
+    def _items(value: Any) -> list:
+        return list(value) if isinstance(value, (list, tuple)) else [item for item in value]
+
+    @staticmethod
+    def _per_pair(value: Any, pairs: int) -> bool:
+        """Whether ``value`` gives one value per pair: a list or tuple of that length, not of token ids."""
+        return (isinstance(value, (list, tuple)) and len(value) == pairs and len(value) > 0
+                and not isinstance(value[0], (int, np.integer)))
 
     @property
     def device(self) -> torch.device:

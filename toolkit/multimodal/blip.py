@@ -93,6 +93,7 @@ class BlipVQAAdapter(MultimodalAdapter):
     examples = "Hugging Face BlipForQuestionAnswering (Salesforce/blip-vqa-*)"
     model_types = ("blip",)
     readings = (("answer", "question", False),)  # the image: see image_relevance
+    text_keyword, per_pair = "question", ("answer",)
 
     @classmethod
     def load(cls, name: str, **kwargs):

@@ -123,6 +123,8 @@ class CaptioningAdapter(MultimodalAdapter):
 
     task = "image captioning"
     readings = (("text", "image", False), ("text", "text", False))
+    per_pair = ("caption",)
+    numbered = True
 
     # --- family specifics -------------------------------------------------------------------------
     @abstractmethod
@@ -176,7 +178,7 @@ class CaptioningAdapter(MultimodalAdapter):
         """How many caption tokens the decoder reads: its positions less the prompt's."""
         return self.model.config.get_text_config(decoder=True).max_position_embeddings - len(self.prompt_ids())
 
-    def generated_captions(self, pixels: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
+    def generated_captions(self, pixels: torch.Tensor, max_new_tokens: int, first_index: int = 0) -> list[list[int]]:
         """Greedy captions from the stock ``generate`` (no gradients), cut at the first end token, and at the
         decoder's last position (with a warning) when ``max_new_tokens`` reaches beyond it."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -189,12 +191,12 @@ class CaptioningAdapter(MultimodalAdapter):
         for index, sequence in enumerate(sequences[:, start:].tolist()):
             cut = next((k for k, token in enumerate(sequence) if token in ends), len(sequence))
             if cut == positions < max_new_tokens:
-                warn(f"The caption of image #{index} fills the decoder's {positions} caption positions without "
-                     f"ending: it is cut there (max_new_tokens={max_new_tokens} reaches beyond them).")
+                warn(f"The caption of image #{first_index + index} fills the decoder's {positions} caption positions "
+                     f"without ending: it is cut there (max_new_tokens={max_new_tokens} reaches beyond them).")
             captions.append(sequence[:cut])
         return captions
 
-    def given_captions(self, caption: Any, count: int) -> list[list[int]]:
+    def given_captions(self, caption: Any, count: int, first_index: int = 0) -> list[list[int]]:
         """Token ids of the given caption(s): a string or token ids for every image, or a list of one per image.
         A caption longer than the decoder's caption positions is cut to them, with a warning naming the words
         left out; words outside the vocabulary are named in a warning."""
@@ -205,7 +207,7 @@ class CaptioningAdapter(MultimodalAdapter):
         vocab = self.model.config.get_text_config(decoder=True).vocab_size
         limit = self.caption_positions()
         token_ids = []
-        for index, item in enumerate(captions):
+        for index, item in enumerate(captions, start=first_index if per_image else 0):
             if isinstance(item, str):
                 if not item.strip():
                     raise InputError(f"Caption #{index} is empty.")
@@ -228,7 +230,7 @@ class CaptioningAdapter(MultimodalAdapter):
         return token_ids if per_image else token_ids * count
 
     def explain(self, method: Method, target: Any, image: Any = None, caption: Any = None,
-                max_new_tokens: int = 20, **unknown) -> Explanation | list[Explanation]:
+                max_new_tokens: int = 20, first_index: int = 0, **unknown) -> Explanation | list[Explanation]:
         """Explain every token of the greedy caption of each image, or of ``caption`` (a string or token ids,
         one for all images or one per image) by teacher forcing. A single image gives one Explanation."""
         reject_unknown(self.family, "image=, caption= and max_new_tokens=", unknown)
@@ -238,8 +240,8 @@ class CaptioningAdapter(MultimodalAdapter):
         single = not isinstance(image, (list, tuple))
         images = self.images(image)
         pixels = self.pixel_values(images)
-        captions = (self.generated_captions(pixels, max_new_tokens) if caption is None
-                    else self.given_captions(caption, len(images)))
+        captions = (self.generated_captions(pixels, max_new_tokens, first_index) if caption is None
+                    else self.given_captions(caption, len(images), first_index))
         prompt = self.prompt_ids()
         sequences = [prompt + c for c in captions]
         steps = StepBatch.build(sequences, len(prompt), self.pad_id, self.device)
@@ -265,10 +267,10 @@ class CaptioningAdapter(MultimodalAdapter):
         for i, sequence in enumerate(sequences):
             members = [s for s, owner in enumerate(owners) if owner == i]
             text = self.tokenizer.decode(sequence[len(prompt):]).strip()  # the tokens explained, [UNK] included
-            common = dict(method=method.name, model=self.name, target=i, label=text, image=shown[i], caption=text,
-                          options=options, **original_geometry(images[i], image_processor))
+            common = dict(method=method.name, model=self.name, target=first_index + i, label=text, image=shown[i],
+                          caption=text, options=options, **original_geometry(images[i], image_processor))
             if not members:
-                warn(f"The caption of image #{i} ended at once: there is no token to explain.")
+                warn(f"The caption of image #{first_index + i} ended at once: there is no token to explain.")
                 explanations.append(Explanation(probability=1.0, scores=np.zeros(0, np.float32), steps=[], **common))
                 continue
             names = self.tokenizer.convert_ids_to_tokens(sequence)

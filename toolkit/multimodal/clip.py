@@ -129,6 +129,7 @@ class HFCLIPAdapter(MultimodalAdapter):
     examples = "Hugging Face CLIPModel (openai/clip-vit-*)"
     model_types = ("clip",)
     readings = (("image", "image", False), ("text", "text", False))
+    text_keyword = "text"
 
     @classmethod
     def load(cls, name: str, **kwargs):

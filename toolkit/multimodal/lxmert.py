@@ -94,6 +94,10 @@ class LxmertVQAAdapter(MultimodalAdapter):
     examples = "Hugging Face LxmertForQuestionAnswering (unc-nlp/lxmert-vqa-uncased), with region features"
     model_types = ("lxmert",)
     readings = (("text", "text", False), ("text", "image", False))
+    image_keyword, image_rank, text_keyword, pairing = "visual_feats", 3, "question", "zip"
+
+    def image_side(self) -> tuple[str, ...]:
+        return ("visual_feats", "visual_pos", "image")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

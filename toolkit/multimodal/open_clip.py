@@ -110,6 +110,7 @@ class OpenCLIPAdapter(MultimodalAdapter):
     task = "image-text similarity"
     examples = "open_clip CLIP with ViT towers (ViT-B-32, ViT-B-16, ViT-L-14, ...; OpenAI, LAION, DataComp weights)"
     readings = (("image", "image", False), ("text", "text", False))
+    text_keyword = "text"
 
     def __init__(self, model: nn.Module, processor: Any = None):
         reason = unsupported_part(model)

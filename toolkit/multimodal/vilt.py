@@ -94,6 +94,7 @@ class ViltVQAAdapter(MultimodalAdapter):
     examples = "Hugging Face ViltForQuestionAnswering (dandelin/vilt-b32-finetuned-vqa)"
     model_types = ("vilt",)
     readings = (("joint", "joint", False),)
+    text_keyword, pairing = "question", "zip"
 
     @classmethod
     def load(cls, name: str, **kwargs):
