@@ -213,3 +213,31 @@ def test_single_input_gives_one_explanation_and_a_list_gives_a_list(image_explai
     assert isinstance(image_explainer.explain(pixels[0], method="raw_attention"), Explanation)
     many = image_explainer.explain(pixels, method="raw_attention", batch_size=2, progress=False)
     assert len(many) == 3
+
+
+def test_task_outputs_read_as_attributes_and_files_of_the_flat_format_still_load(tmp_path):
+    """A task's parts live in ``outputs`` (a new task adds no field) and read as attributes; files written when they
+    were fields of their own (answer, similarity, caption, steps, boxes) load into the same explanation."""
+    import json
+
+    from toolkit.explanation import CaptionStep
+
+    step = CaptionStep("dog", 7, -0.5, np.ones((2, 2), np.float32), np.array([0.5], np.float32), ["[BOS]"])
+    exp = Explanation(method="m", model="x", target=0, label="a dog", probability=0.6, scores=np.zeros(3, np.float32),
+                      outputs={"caption": "a dog", "steps": [step], "boxes": np.ones((2, 4), np.float32)})
+    assert exp.caption == "a dog" and exp.steps[0].token == "dog" and exp.answer is None
+    exp.similarity = 0.25  # sets the output, saved with the others
+    back = Explanation.load(exp.save(tmp_path / "new"))
+    assert back.similarity == 0.25 and back.caption == "a dog" and back.steps[0].token_id == 7
+    np.testing.assert_array_equal(back.boxes, exp.boxes)
+    np.testing.assert_array_equal(back.steps[0].heatmap, step.heatmap)
+    with pytest.raises(AttributeError, match="no attribute 'colour'"):
+        exp.colour
+    meta = {"method": "generic", "model": "vilt", "target": 3, "label": "red", "probability": 0.7, "tokens": ["a"],
+            "options": {}, "text": "what colour?", "answer": "red", "similarity": None, "caption": None,
+            "steps": [step.to_json()], "versions": {"toolkit": "0.1"}}
+    np.savez_compressed(tmp_path / "old.npz", meta=np.array(json.dumps(meta)), scores=np.ones(1, np.float32),
+                        boxes=np.zeros((1, 4), np.float32))
+    old = Explanation.load(tmp_path / "old.npz")
+    assert (old.answer, old.text, old.label, old.target) == ("red", "what colour?", "red", 3)
+    assert old.steps[0].token == "dog" and old.boxes.shape == (1, 4) and old.similarity is None

@@ -15,7 +15,16 @@ from . import render
 from .errors import InputError
 from .paths import output_folder
 
-_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens", "boxes", "original_image", "crop_box")
+_ARRAY_FIELDS = ("scores", "word_scores", "heatmap", "image", "special_tokens", "original_image", "crop_box")
+# What a task adds to the common fields, kept in ``Explanation.outputs`` and read as attributes (``exp.answer``):
+TASK_OUTPUTS = {
+    "similarity": "image-text (CLIP, SigLIP) or sentence-sentence cosine similarity",
+    "compared_with": "the other sentence (sentence similarity)",
+    "answer": "the explained answer (visual question answering)",
+    "caption": "the explained caption or continuation (captioning, language models); see steps",
+    "steps": "one CaptionStep per explained token of a caption or continuation",
+    "boxes": "(R, 4) x1, y1, x2, y2 of image regions; heatmap is then (R,) (LXMERT)",
+}
 
 
 def library_versions() -> dict[str, str]:
@@ -64,6 +73,8 @@ class Explanation:
     model's view lies in it (reaching outside where the processor pads); both are None when the input was
     preprocessed pixels or the processor's geometry is unknown. ``words`` and ``word_scores`` sum sub-word pieces;
     ``unknown_words`` marks the words the tokenizer read as its unknown token (their scores are that token's).
+    What a task adds beyond these (``similarity``, ``answer``, ``caption``, ``steps``, ``boxes``...: TASK_OUTPUTS)
+    lives in ``outputs`` and reads as attributes, so a new task adds no field.
     """
 
     method: str
@@ -83,15 +94,22 @@ class Explanation:
     options: dict[str, Any] = field(default_factory=dict)
     text: str | None = None  # the input text (text classifiers; a pair as "a | b"; the explained sentence of a
     # sentence similarity), the text paired with the image (CLIP), or the question (VQA)
-    similarity: float | None = None  # image-text (CLIP) or sentence-sentence cosine similarity
-    compared_with: str | None = None  # the other sentence (sentence similarity)
-    answer: str | None = None  # the explained answer (VQA)
-    caption: str | None = None  # the explained caption (captioning); see ``steps``
-    steps: list[CaptionStep] | None = None
-    boxes: np.ndarray | None = None  # (R, 4) x1, y1, x2, y2 of image regions; ``heatmap`` is then (R,) (LXMERT)
     original_image: np.ndarray | None = None  # (H, W, 3) uint8, the image as given
     crop_box: np.ndarray | None = None  # (4,) float32: x0, y0, x1, y1 of the model's view in original_image
+    outputs: dict[str, Any] = field(default_factory=dict)  # what the task adds (TASK_OUTPUTS), read as attributes
     versions: dict[str, str] = field(default_factory=library_versions)
+
+    def __getattr__(self, name: str) -> Any:
+        """A task's output (``exp.answer``, ``exp.steps``...) as an attribute: None where the task gives none."""
+        if name in TASK_OUTPUTS:
+            return self.__dict__.get("outputs", {}).get(name)
+        raise AttributeError(f"'Explanation' has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in TASK_OUTPUTS:
+            self.outputs[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def __repr__(self) -> str:
         what = f"heatmap={self.heatmap.shape}" if self.heatmap is not None else f"tokens={len(self.tokens)}"
@@ -207,7 +225,7 @@ class Explanation:
         return Explanation(method=self.method, model=self.model, target=step.token_id, label=step.token,
                            probability=float(np.exp(step.log_prob)), scores=step.text_scores,
                            tokens=list(step.text_tokens), heatmap=step.heatmap, image=self.image,
-                           options=self.options, text=" ".join(step.text_tokens), caption=self.caption,
+                           options=self.options, text=" ".join(step.text_tokens), outputs={"caption": self.caption},
                            original_image=self.original_image, crop_box=self.crop_box, versions=self.versions)
 
     def _repr_html_(self) -> str:
@@ -235,8 +253,7 @@ class Explanation:
         output_folder(path.parent, "Explanation.save")
         arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAY_FIELDS if getattr(self, name) is not None}
         meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ARRAY_FIELDS}
-        if self.steps is not None:
-            meta["steps"] = [step.to_json() for step in self.steps]
+        meta["outputs"] = _outputs_json(self.outputs)
         try:
             np.savez_compressed(path, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
         except OSError as error:
@@ -258,10 +275,11 @@ class Explanation:
                     raise InputError(f"{foreign}: it is a .npz archive without the 'meta' entry save() writes "
                                      f"(it holds {', '.join(data.files[:8]) or 'nothing'}).")
                 meta = json.loads(str(data["meta"]))
-                if meta.get("steps") is not None:
-                    meta["steps"] = [CaptionStep.from_json(step) for step in meta["steps"]]
                 arrays = {name: data[name] for name in _ARRAY_FIELDS if name in data.files}
-            return cls(**meta, **arrays)
+                # files written before outputs existed keep the task's parts as fields of their own
+                outputs = {**{name: meta.pop(name) for name in TASK_OUTPUTS if name in meta},
+                           **({"boxes": data["boxes"]} if "boxes" in data.files else {}), **meta.pop("outputs", {})}
+            return cls(**meta, **arrays, outputs=_outputs_read(outputs))
         except InputError:
             raise
         except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
@@ -270,7 +288,24 @@ class Explanation:
                              f"({type(error).__name__}: {detail}).") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        plain = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+        return {**plain, "outputs": _outputs_json(self.outputs)}
+
+
+def _outputs_json(outputs: dict[str, Any]) -> dict[str, Any]:
+    """A task's outputs as JSON values: caption steps as dicts, arrays as lists."""
+    return {name: [step.to_json() for step in value] if name == "steps" and value is not None
+            else value.tolist() if isinstance(value, np.ndarray) else value for name, value in outputs.items()}
+
+
+def _outputs_read(outputs: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_outputs_json` for the outputs it knows."""
+    read = dict(outputs)
+    if read.get("steps") is not None:
+        read["steps"] = [step if isinstance(step, CaptionStep) else CaptionStep.from_json(step) for step in read["steps"]]
+    if read.get("boxes") is not None:
+        read["boxes"] = np.asarray(read["boxes"], dtype=np.float32)
+    return read
 
 
 def _jsonable(value: Any) -> Any:

@@ -245,6 +245,6 @@ class CausalLMAdapter(DeclaredAdapter):
                 probability=float(np.exp(log_probs[members].sum())), scores=scores, tokens=names[:len(prompt)],
                 words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]),
                 word_segments=words.get("word_segments"), special_tokens=np.array(special, dtype=bool),
-                text=items[i] if isinstance(items[i], str) else tok.decode(prompt), caption=text,
-                steps=step_list, options={**method.options(), "keep_sink": keep_sink}))
+                text=items[i] if isinstance(items[i], str) else tok.decode(prompt),
+                outputs={"caption": text, "steps": step_list}, options={**method.options(), "keep_sink": keep_sink}))
         return explanations

@@ -67,7 +67,7 @@ def raw_map_image(exp: Explanation) -> Image.Image:
     """The map alone, one block per patch (or pixel): the library's colours at full opacity on white, on the
     map's own grid, enlarged without interpolation (the scale is the overlay's colour bar)."""
     grid = np.full((*exp.heatmap.shape, 3), 255, dtype=np.uint8)
-    coloured = np.asarray(replace(exp, image=grid, boxes=None).overlay(alpha=1.0).convert("RGB"))
+    coloured = np.asarray(replace(exp, image=grid, outputs={**exp.outputs, "boxes": None}).overlay(alpha=1.0).convert("RGB"))
     return Image.fromarray(enlarge(coloured, max(1, math.ceil(DISPLAY_SIDE / max(coloured.shape[:2])))))
 
 

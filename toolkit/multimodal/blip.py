@@ -199,6 +199,6 @@ class BlipVQAAdapter(MultimodalAdapter):
             explanations.append(Explanation(
                 method=method.name, model=self.name, target=q, label=text, probability=float(np.exp(log_p)),
                 scores=scores.astype(np.float32), tokens=tokenizer.convert_ids_to_tokens(ids),
-                heatmap=heatmap.astype(np.float32), image=shown[i], text=read[q], answer=text,
+                heatmap=heatmap.astype(np.float32), image=shown[i], text=read[q], outputs={"answer": text},
                 options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations

@@ -268,10 +268,11 @@ class CaptioningAdapter(MultimodalAdapter):
             members = [s for s, owner in enumerate(owners) if owner == i]
             text = self.tokenizer.decode(sequence[len(prompt):]).strip()  # the tokens explained, [UNK] included
             common = dict(method=method.name, model=self.name, target=first_index + i, label=text, image=shown[i],
-                          caption=text, options=options, **original_geometry(images[i], image_processor))
+                          options=options, **original_geometry(images[i], image_processor))
             if not members:
                 warn(f"The caption of image #{first_index + i} ended at once: there is no token to explain.")
-                explanations.append(Explanation(probability=1.0, scores=np.zeros(0, np.float32), steps=[], **common))
+                explanations.append(Explanation(probability=1.0, scores=np.zeros(0, np.float32),
+                                                outputs={"caption": text, "steps": []}, **common))
                 continue
             names = self.tokenizer.convert_ids_to_tokens(sequence)
             step_list = [CaptionStep(token=names[rows[s] + 1], token_id=sequence[rows[s] + 1],
@@ -282,6 +283,7 @@ class CaptioningAdapter(MultimodalAdapter):
             scores = image_rel[members].mean(0).astype(np.float32)
             explanations.append(Explanation(
                 probability=float(np.exp(sum(step.log_prob for step in step_list))), scores=scores,
-                tokens=image_token_names(prefix, grid), heatmap=scores[prefix:].reshape(grid), steps=step_list,
+                tokens=image_token_names(prefix, grid), heatmap=scores[prefix:].reshape(grid),
+                outputs={"caption": text, "steps": step_list},
                 **common))
         return explanations[0] if single else explanations

@@ -61,7 +61,7 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
             words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]) if words else None,
             unknown_words=words.get("unknown_words"), heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid),
             image=shown[i], text=texts[t],
-            similarity=float(sims[b]), options=options, **geometry[i]))
+            outputs={"similarity": float(sims[b])}, options=options, **geometry[i]))
     return explanations
 
 

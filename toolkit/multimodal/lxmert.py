@@ -182,6 +182,6 @@ class LxmertVQAAdapter(MultimodalAdapter):
                 method=method.name, model=self.name, target=answers[b], label=name,
                 probability=float(probabilities[b]), scores=to_numpy(text_rel[b])[valid.numpy()],
                 tokens=tokenizer.convert_ids_to_tokens(enc["input_ids"][b].cpu()[valid]),
-                heatmap=to_numpy(region_rel[b, :len(feats[v])]), boxes=to_numpy(boxes[v]) * scale, image=shown,
-                text=read[q], answer=name, options=method.options()))
+                heatmap=to_numpy(region_rel[b, :len(feats[v])]), image=shown, text=read[q],
+                outputs={"answer": name, "boxes": to_numpy(boxes[v]) * scale}, options=method.options()))
         return explanations[0] if one_set and isinstance(question, str) else explanations

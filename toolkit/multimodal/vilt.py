@@ -178,7 +178,7 @@ class ViltVQAAdapter(MultimodalAdapter):
                 scores=scores, tokens=tokenizer.convert_ids_to_tokens(ids), special_tokens=specials,
                 words=words.get("words"), unknown_words=words.get("unknown_words"),
                 word_scores=word_scores(scores, words["word_pieces"]) if words else None, heatmap=heatmaps[b],
-                image=shown[i], text=read[q], answer=name, options=method.options(), **geometry[i]))
+                image=shown[i], text=read[q], outputs={"answer": name}, options=method.options(), **geometry[i]))
         return explanations[0] if single else explanations
 
     def predict(self, top_k: int = 5, image: Any = None, question: Any = None, **unknown) -> list[tuple[str, float]]:
