@@ -3,7 +3,7 @@ token of a given continuation (teacher forcing), or of a generated one.
 
 Step t (predicting token t) is read at position t - 1, and its objective is log p(token_t | tokens before it).
 Gradients of a sum of objectives taken over one sequence would mix the steps' attention gradients, so, as for
-captioning (:class:`toolkit.multimodal.captioning.StepBatch`), the sequence is replicated once per step and every
+captioning (the generation task, :class:`toolkit.generation.StepBatch`), the sequence is replicated once per step and every
 replica carries its own objective: one forward and one backward serve every step of every prompt of a pass. The
 model being causal, the tokens after a step's position change nothing there, so each step is explained exactly
 as it would be over the prompt and the tokens before it alone.
@@ -27,7 +27,7 @@ from ..core import engine
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
-from ..multimodal.captioning import StepBatch, rows_of
+from ..generation import StepBatch, rows_of
 from ..text import group_words, special_token_mask, word_scores
 from .base import DeclaredAdapter
 from .hf_text import TextClassifierAdapter

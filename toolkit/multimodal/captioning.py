@@ -22,6 +22,7 @@ from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts, warn_cut
 from ..core.engine import Pass
+from ..generation import StepBatch, rows_of
 from .base import MultimodalAdapter, reject_unknown, to_numpy
 from .clip import shown_images
 
@@ -58,50 +59,10 @@ def id_set(value: Any) -> set[int]:
     return set() if value is None else {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}
 
 
-def rows_of(maps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """maps (B, N, M) read at one row per sample (B,) -> (B, M)."""
-    return maps[torch.arange(rows.shape[0], device=rows.device), rows]
-
-
 def patch_content(batch: int, image_tokens: int, prefix: int, device: torch.device) -> torch.Tensor:
     content = torch.ones(batch, image_tokens, dtype=torch.bool, device=device)
     content[:, :prefix] = False
     return content
-
-
-@dataclass
-class StepBatch:
-    """Every step of every caption as one sample: the caption (prompt first) replicated once per step."""
-
-    input_ids: torch.Tensor  # (S, L), right-padded
-    attention_mask: torch.Tensor  # (S, L)
-    image_index: torch.Tensor  # (S,) which image the step belongs to
-    rows: torch.Tensor  # (S,) the position whose logits predict the step's token
-    targets: torch.Tensor  # (S,) the step's token id
-
-    @classmethod
-    def build(cls, sequences: list[list[int]], prompt_length: int | list[int], pad_id: int,
-              device: torch.device) -> "StepBatch":
-        """``prompt_length``: one for every sequence, or one per sequence (language models' prompts differ)."""
-        length = max(len(s) for s in sequences)
-        starts = prompt_length if isinstance(prompt_length, list) else [prompt_length] * len(sequences)
-        ids, mask, image_index, rows, targets = [], [], [], [], []
-        for i, (sequence, start) in enumerate(zip(sequences, starts)):
-            for position in range(start, len(sequence)):
-                ids.append(sequence + [pad_id] * (length - len(sequence)))
-                mask.append([1] * len(sequence) + [0] * (length - len(sequence)))
-                image_index.append(i)
-                rows.append(position - 1)
-                targets.append(sequence[position])
-
-        def long(values):
-            return torch.tensor(values, dtype=torch.long, device=device)
-
-        return cls(long(ids).reshape(-1, length), long(mask).reshape(-1, length), long(image_index), long(rows),
-                   long(targets))
-
-    def __len__(self) -> int:
-        return self.rows.shape[0]
 
 
 class CaptioningAdapter(MultimodalAdapter):

@@ -7,7 +7,8 @@ import torch
 
 from ..core.engine import Pass
 from ..methods import Method
-from .captioning import CaptioningAdapter, StepBatch, id_set, patch_content
+from ..generation import StepBatch
+from .captioning import CaptioningAdapter, id_set, patch_content
 
 
 class GitCaptioningAdapter(CaptioningAdapter):
