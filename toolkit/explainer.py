@@ -18,7 +18,9 @@ from .adapters import Batch, FamilySource, ModelAdapter, adapter_for
 from .core.capture import Recorder
 from .core.explicit_attention import explicit_attention
 from .core.lrp import working
+from .core.passes import backward, gradient_capture, takes_backward
 from .core.propagation import lrp_through_layers
+from .core.rerun import rerun_from
 from .core.trace import Trace
 from .errors import InputError, UnsupportedModelError, warn
 from .explanation import Explanation
@@ -89,6 +91,11 @@ class Explainer:
             except UnsupportedModelError as error:
                 applicable = [m for m in list_methods() if not get_method(m).needs_lrp]
                 return f"{error} Methods that apply: {', '.join(applicable)}."
+        reason = method_cls.refusal(self.adapter.spec, self.model)
+        if reason:
+            others = [m for m in list_methods() if not get_method(m).needs_lrp and get_method(m).rules is None]
+            return (f"Method {method_cls.name!r} cannot explain this model: {reason}. Methods without LRP rules apply: "
+                    f"{', '.join(others)}.")
         return None
 
     def applicable_methods(self) -> list[str]:
@@ -152,7 +159,8 @@ class Explainer:
         refusal = self.method_refusal(name)
         if refusal is not None:
             raise UnsupportedModelError(refusal)
-        if method_cls.needs_gradients and any(p.is_inference() for p in self.model.parameters()):
+        takes_gradients = method_cls.needs_gradients or method_cls.rules is not None or method_cls.reruns_model
+        if takes_gradients and any(p.is_inference() for p in self.model.parameters()):
             gradient_free = [m for m in self.applicable_methods() if not get_method(m).needs_gradients]
             raise UnsupportedModelError(
                 f"The model's weights were made under torch.inference_mode(), and {name!r} needs gradients, which "
@@ -216,7 +224,8 @@ class Explainer:
     def _explain_batch(self, batch: Batch, method: Method, targets: list[int | None], first_index: int = 0
                        ) -> list[Explanation]:
         spec = self.adapter.spec
-        with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec:
+        with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec, \
+                gradient_capture(method, rec, self.model, spec, self.adapter.input_modules()):
             for layer in spec.layers:
                 rec.record_attention(layer.attention, layer.extract_probs)
                 if method.needs_lrp:
@@ -228,18 +237,20 @@ class Explainer:
             if method.needs_input_relevance:
                 for module in self.adapter.input_modules():
                     rec.record(module)
-            if method.needs_gradients:
-                rec.start_graph_at(spec.layers[0].block)
-            with torch.set_grad_enabled(method.needs_gradients):  # also under a caller's no_grad()
+            with torch.set_grad_enabled(takes_backward(method)):  # also under a caller's no_grad()
                 logits = self.adapter.logits(batch)
                 calls = spec.attention_calls(rec, batch.token_mask.shape[1])
                 target_ids = self._resolve_targets(targets, logits, first_index)
                 trace = Trace(probs=[c.probs for c in calls],
                               readout=spec.readout_weights(batch.token_mask, batch.content_mask),
                               token_mask=batch.token_mask, content_mask=batch.content_mask)
-                if method.needs_gradients:
+                if takes_backward(method):
                     objective = logits.gather(1, target_ids[:, None]).sum()
-                    trace.grads = list(torch.autograd.grad(objective, [c.live for c in calls]))
+                    trace.grads, trace.input_gradients = backward(method, rec, objective, calls)
+                if method.reruns_model:
+                    trace.targets, trace.layer_input = target_ids, rec.call(spec.layers[0].block).input
+                    trace.rerun = rerun_from(spec.layers[0].block, lambda times: self.adapter.logits(
+                        _repeated(batch, times)), len(batch))
             if method.needs_lrp:
                 spec.check_head(rec, logits)
                 lowest = method.lowest_lrp_layer(len(spec.layers))
@@ -327,6 +338,12 @@ class Explainer:
         return Explanation(scores=scores.astype(np.float32), tokens=tokens, heatmap=heatmap.astype(np.float32),
                            image=sample["image"], original_image=sample.get("original_image"),
                            crop_box=sample.get("crop_box"), **common)
+
+
+def _repeated(batch: Batch, times: int) -> Batch:
+    """The batch's model inputs repeated ``times`` times along the batch dimension (path methods run many copies)."""
+    return Batch({key: value.repeat(times, *[1] * (value.dim() - 1)) for key, value in batch.model_inputs.items()},
+                 batch.token_mask.repeat(times, 1), batch.content_mask.repeat(times, 1))
 
 
 def _joined(text: str | tuple[str, str] | None) -> str | None:

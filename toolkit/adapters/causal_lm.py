@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ..core.capture import Recorder
 from ..core.explicit_attention import explicit_attention
+from ..core.passes import backward, gradient_capture, takes_backward
+from ..core.rerun import rerun_from
 from ..core.trace import Trace
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
@@ -206,26 +208,35 @@ class CausalLMAdapter(DeclaredAdapter):
         visible = steps.attention_mask.bool() & (positions <= steps.rows[:, None])
         content = visible & (positions > 0) if not keep_sink else visible
         spec = self.spec
-        with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec:
+        with explicit_attention(self.model), Recorder(keep_gradients=method.needs_gradients) as rec, \
+                gradient_capture(method, rec, self.model, spec, []):
             for layer in spec.layers:
                 rec.record_attention(layer.attention, layer.extract_probs)
-            if method.needs_gradients:
-                rec.start_graph_at(spec.layers[0].block)
-            with torch.set_grad_enabled(method.needs_gradients):
-                logits = self.layout.forward(input_ids=steps.input_ids, attention_mask=steps.attention_mask).logits
-                log_probs = rows_of(logits, steps.rows).float().log_softmax(-1)
+            with torch.set_grad_enabled(takes_backward(method)):
+                step_logits = rows_of(self._logits(steps, 1), steps.rows).float()
+                log_probs = step_logits.log_softmax(-1)
                 guessed = torch.tensor([predicted[i] for i in steps.image_index.tolist()], device=self.device)
                 targets = torch.where(guessed, log_probs.argmax(-1), steps.targets)
                 objective = log_probs.gather(1, targets[:, None])[:, 0]
                 calls = spec.attention_calls(rec, length)
                 trace = Trace(probs=[c.probs for c in calls], token_mask=visible, content_mask=content,
                               readout=spec.readout_weights(visible, content, rows=steps.rows))
-                if method.needs_gradients:
-                    trace.grads = list(torch.autograd.grad(objective.sum(), [c.live for c in calls]))
+                if takes_backward(method):  # LRP rules explain the target's logit (AttnLRP), the others its log-probability
+                    explained = step_logits.gather(1, targets[:, None])[:, 0] if method.rules is not None else objective
+                    trace.grads, trace.input_gradients = backward(method, rec, explained.sum(), calls)
+                if method.reruns_model:
+                    trace.targets, trace.layer_input = targets, rec.call(spec.layers[0].block).input
+                    trace.rerun = rerun_from(spec.layers[0].block, lambda times: rows_of(
+                        self._logits(steps, times), steps.rows.repeat(times)).float().log_softmax(-1), len(steps))
         with torch.no_grad():
             relevance = method.attribute(trace).detach().float().cpu().numpy()
         return self._explanations(method, prompts, sequences, items, steps, targets.tolist(),
                                   objective.detach().cpu().numpy(), relevance, keep_sink)
+
+    def _logits(self, steps: StepBatch, times: int) -> torch.Tensor:
+        """The model's logits over the step batch, repeated ``times`` times (path methods run many copies)."""
+        return self.layout.forward(input_ids=steps.input_ids.repeat(times, 1),
+                                   attention_mask=steps.attention_mask.repeat(times, 1)).logits
 
     def _explanations(self, method: Method, prompts: list[TokenIds], sequences: list[TokenIds], items: list[Any],
                       steps: StepBatch, targets: list[int], log_probs: np.ndarray, relevance: np.ndarray,
