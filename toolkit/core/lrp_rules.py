@@ -71,7 +71,7 @@ class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
         ctx.factor = factor
-        return x.view_as(x)
+        return x.clone()  # a copy: the model may modify it in place (XLM)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -86,7 +86,7 @@ class _IdentityRule(torch.autograd.Function):
     def forward(ctx, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         ratio = output / inputs
         ctx.save_for_backward(torch.where(inputs == 0, torch.zeros_like(ratio), ratio))
-        return output.view_as(output)
+        return output.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -103,7 +103,7 @@ class _LayerNormConstantStd(torch.autograd.Function):
         std = (inputs.float().var(dim=dims, unbiased=False, keepdim=True) + eps).sqrt()
         ctx.save_for_backward(std, weight)
         ctx.dims = dims
-        return output.view_as(output)
+        return output.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -167,21 +167,23 @@ class RuleSet:
                     handles.append(module.register_forward_hook(_counted(_layer_norm_rule, fired), with_kwargs=True))
                 elif is_scale_norm(module) or is_activation(module):
                     handles.append(module.register_forward_hook(_counted(_identity_rule, fired), with_kwargs=True))
-            spans = [(layer.fc1, layer.fc2) for layer in layers if not layer.gated_mlp and layer.fc1 is not None]
-            for first, second in [*spans, *zip(spec.head, spec.head[1:])]:
+            # shared layers (ALBERT runs one layer's modules at every depth) are hooked once: the hooks act per call
+            spans = {id(layer.fc2): (layer.fc1, layer.fc2) for layer in layers
+                     if not layer.gated_mlp and layer.fc1 is not None}
+            spans.update({id(second): (first, second) for first, second in zip(spec.head, spec.head[1:])})
+            for first, second in spans.values():
                 handles += _identity_span(first, second, fired)
-            for layer in layers:
-                for module, factor in self._projections(layer):
-                    handles.append(module.register_forward_hook(_scaling(factor, fired)))
-                if layer.gated_mlp:
-                    handles.append(layer.fc2.register_forward_pre_hook(_halving_input(fired), with_kwargs=True))
+            projections = {id(module): (module, factor) for layer in layers for module, factor in self._projections(layer)}
+            for module, factor in projections.values():
+                handles.append(module.register_forward_hook(_scaling(factor, fired)))
+            gated = {id(layer.fc2): layer.fc2 for layer in layers if layer.gated_mlp}
+            for module in gated.values():
+                handles.append(module.register_forward_pre_hook(_halving_input(fired), with_kwargs=True))
             yield
         finally:
             for handle in handles:
                 handle.remove()
-        expected = [m for layer in layers for m, _ in self._projections(layer)]
-        expected += [layer.fc2 for layer in layers if layer.gated_mlp]
-        silent = [type(m).__name__ for m in expected if not fired[id(m)]]
+        silent = [type(m).__name__ for m in [*(m for m, _ in projections.values()), *gated.values()] if not fired[id(m)]]
         if silent:
             raise FamilyError(f"The {self.name} rules are applied at the outputs of the declared projections, but "
                               f"{', '.join(sorted(set(silent)))} never ran in the forward pass (the model computes "

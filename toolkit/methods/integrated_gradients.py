@@ -7,7 +7,7 @@ from ..errors import InputError
 from .base import Method
 from .registry import register
 
-BASELINES = ("zero", "mean")
+BASELINES = ("mean", "zero")
 
 
 @register
@@ -15,14 +15,19 @@ class IntegratedGradients(Method):
     """Sundararajan et al. 2017, computed by captum on the first layer's input (the token or patch embeddings, with
     their position terms): sum over features of (x - x0) * the path integral of the gradient from the baseline x0 to
     x. ``steps`` Gauss-Legendre points, batched ``internal_batch_size`` inputs at a time (captum splits the steps of a
-    batch into chunks); ``baseline``: "zero" (every token's vector zero) or "mean" (every token replaced by the mean
-    of the sample's tokens). The relevance sums to f(x) - f(x0) up to captum's convergence delta."""
+    batch into chunks); ``baseline``: "mean" (every token replaced by the mean of the sample's tokens) or "zero".
+    The relevance sums to f(x) - f(x0) up to captum's convergence delta.
+
+    The default is the mean: the first layer normalises its input (pre-LN) or its residual sum (post-LN), so f(a x)
+    hardly changes with a except close to 0, and from a zero baseline the integral gathers in a sliver near 0 that
+    the quadrature points miss (tiny BERT, 64 steps: the relevance summed to -0.17 where f(x) - f(0) was 0.56; from
+    the mean baseline it matches to 1e-3)."""
 
     name = "integrated_gradients"
     summary = ("Integrated gradients (Sundararajan et al. 2017) through captum, on the token or patch embeddings; "
                "steps batched inside one call.")
     reruns_model = True
-    extra_options = {"steps": 32, "internal_batch_size": 64, "baseline": "zero"}
+    extra_options = {"steps": 32, "internal_batch_size": 64, "baseline": "mean"}
     empty_reason = "the gradients along the path from the baseline were zero for this target"
 
     def __init__(self, start_layer: int = 0, **options):
