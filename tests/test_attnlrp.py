@@ -363,6 +363,17 @@ def test_family_keys_of_the_rules_are_checked(key, value, problem):
         families.load(entry)
 
 
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_model_made_in_inference_mode_is_refused(wordpiece, method):
+    from conftest import make_bert
+
+    with torch.inference_mode():
+        model = make_bert(wordpiece.vocab_size)
+    with pytest.raises(UnsupportedModelError, match=f"and '{method}' needs gradients.*without gradients: lrp, "
+                                                    "partial_lrp, raw_attention, rollout"):
+        Explainer(model, wordpiece).explain("a film", method=method)
+
+
 def test_cli_lists_the_new_methods(capsys):
     from toolkit.cli import main
 

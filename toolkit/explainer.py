@@ -159,9 +159,8 @@ class Explainer:
         refusal = self.method_refusal(name)
         if refusal is not None:
             raise UnsupportedModelError(refusal)
-        takes_gradients = method_cls.needs_gradients or method_cls.rules is not None or method_cls.reruns_model
-        if takes_gradients and any(p.is_inference() for p in self.model.parameters()):
-            gradient_free = [m for m in self.applicable_methods() if not get_method(m).needs_gradients]
+        if method_cls.uses_gradients() and any(p.is_inference() for p in self.model.parameters()):
+            gradient_free = [m for m in self.applicable_methods() if not get_method(m).uses_gradients()]
             raise UnsupportedModelError(
                 f"The model's weights were made under torch.inference_mode(), and {name!r} needs gradients, which "
                 "autograd cannot take through such tensors: create or load the model outside inference mode "

@@ -51,6 +51,11 @@ class Method:
         self.start_layer = start_layer
 
     @classmethod
+    def uses_gradients(cls) -> bool:
+        """Whether the method takes gradients (of attention maps, under LRP rules, or along a path)."""
+        return cls.needs_gradients or cls.rules is not None or cls.reruns_model
+
+    @classmethod
     def refusal(cls, spec: ModelSpec, model: nn.Module) -> str | None:
         """Why this method cannot explain ``model`` (checked before any work), beyond the CVPR 2021 LRP check."""
         return None if cls.rules is None else cls.rules.refusal(spec, model)
