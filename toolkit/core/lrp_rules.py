@@ -157,10 +157,13 @@ class RuleSet:
         return None
 
     @contextlib.contextmanager
-    def applied(self, model: nn.Module, spec: ModelSpec) -> Iterator[None]:
-        """The rules, as forward hooks on ``model``'s modules, for the block; every hook removed on exit. On a normal
-        exit, a declared projection that never ran (its rule never applied) raises a FamilyError."""
-        handles, fired, layers = [], Counter(), spec.layers
+    def applied(self, model: nn.Module, *specs: ModelSpec) -> Iterator[None]:
+        """The rules, as forward hooks on ``model``'s modules, for the block; every hook removed on exit. ``specs``:
+        the declared stacks (one for a classifier; an image-text model's towers each have one). On a normal exit, a
+        declared projection that never ran (its rule never applied) raises a FamilyError."""
+        handles, fired = [], Counter()
+        layers = [layer for spec in specs for layer in spec.layers]
+        heads = [spec.head for spec in specs]
         try:
             for module in model.modules():
                 if isinstance(module, nn.LayerNorm):
@@ -170,7 +173,7 @@ class RuleSet:
             # shared layers (ALBERT runs one layer's modules at every depth) are hooked once: the hooks act per call
             spans = {id(layer.fc2): (layer.fc1, layer.fc2) for layer in layers
                      if not layer.gated_mlp and layer.fc1 is not None}
-            spans.update({id(second): (first, second) for first, second in zip(spec.head, spec.head[1:])})
+            spans.update({id(second): (first, second) for head in heads for first, second in zip(head, head[1:])})
             for first, second in spans.values():
                 handles += _identity_span(first, second, fired)
             projections = {id(module): (module, factor) for layer in layers for module, factor in self._projections(layer)}
