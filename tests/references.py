@@ -452,3 +452,120 @@ def lm_step_pass(model: nn.Module, ids: list[int], keep_sink: bool = False) -> R
     content[0] = keep_sink
     return RefPass(logits=out.logits[0, -1].double().log_softmax(-1), graph_attentions=list(out.attentions),
                    hidden=[], content=content, readout=readout)
+
+
+# --- AttnLRP and CP-LRP, explicit rules (Achtibat et al. ICML 2024; Ali et al. ICML 2022) ------------------------------
+# Relevance is propagated as explicit relevance tensors (not gradients), one sample, from R = the target's logit at the
+# target, on the same re-computed layers as reference_lrp, in DTYPE:
+# - linear z = x W^T + b: epsilon rule (epsilon -> 0), R_in = x * ((R / z) W): the bias keeps its share;
+# - residual z = a + b: R_a = a R / z, R_b = b R / z;
+# - LayerNorm y = (x - mean) / std * w + b, std constant: a linear map M, R_in = x * M^T (R / y);
+# - activations (and the head's tanh / ReLU): R_in = R_out;  layer scale: R passes;
+# - A V (per head): AttnLRP R_A = 1/2 A * ((R_C / C) V^T), R_V = 1/2 V * (A^T (R_C / C)); CP-LRP: R_A = 0, R_V doubled;
+# - softmax s = softmax(x): R_x = x * (R_s - s * sum_j R_s,j)  (the paper's Proposition for softmax);
+# - Q K^T * scale: R_q, R_k = 1/2 each of the z-rule over the products;
+# - images: the position-embedding residual, then the epsilon rule on the patch convolution (summed over channels).
+def eps_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relevance: torch.Tensor):
+    z = F.linear(x, weight, bias)
+    return x * (safe_divide(relevance, z) @ weight)
+
+
+def eps_add(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor):
+    s = safe_divide(relevance, a + b)
+    return a * s, b * s
+
+
+def eps_layer_norm(norm: nn.Module, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    if isinstance(norm, nn.Identity):
+        return relevance
+    std = (x.var(dim=-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    s = safe_divide(relevance, norm(x)) * (norm.weight if norm.weight is not None else 1) / std
+    return x * (s - s.mean(dim=-1, keepdim=True))
+
+
+def softmax_rule(scores: torch.Tensor, probs: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    return scores * (relevance - probs * relevance.sum(dim=-1, keepdim=True))
+
+
+def attention_rules(f: dict, r_ctx: torch.Tensor, value_share: float):
+    """(R_q, R_k, R_v) from the relevance of the per-head context (H, N, d); the attention weights get the rest of the
+    A V z-rule (AttnLRP: value_share 1/2; CP-LRP: 1, the weights constant)."""
+    q, k, v, a = f["q"], f["k"], f["v"], f["A"]
+    s = safe_divide(r_ctx, a @ v)
+    r_a, r_v = (1 - value_share) * a * (s @ v.transpose(-1, -2)), value_share * v * (a.transpose(-1, -2) @ s)
+    scale = q.shape[-1] ** -0.5
+    scores = q @ k.transpose(-1, -2) * scale
+    s = safe_divide(softmax_rule(scores, a, r_a), scores) * scale
+    return 0.5 * q * (s @ k), 0.5 * k * (s.transpose(-1, -2) @ q), r_v
+
+
+def _norm_of(norm) -> nn.Module:
+    return norm if isinstance(norm, nn.Module) else nn.Identity()
+
+
+def attnlrp_layer(layer: Layer, f: dict, r_out: torch.Tensor, value_share: float) -> torch.Tensor:
+    ln1, ln2 = _norm_of(layer.ln1), _norm_of(layer.ln2)
+    if layer.pre_ln:
+        r_x1, r_mlp = eps_add(f["x1"], f["mlp_out"], r_out)
+    else:
+        r_x1, r_mlp = eps_add(f["x1"], f["mlp_out"], eps_layer_norm(ln2, f["x1"] + f["mlp_out"], r_out))
+    r_m = eps_linear(f["m"], *layer.fc2, r_mlp)                       # layer scale passes
+    r_h2 = eps_linear(f["h2"], *layer.fc1, r_m)                       # activation: identity
+    r_x1 = r_x1 + (eps_layer_norm(ln2, f["x1"], r_h2) if layer.pre_ln else r_h2)
+    if layer.pre_ln:
+        r_x, r_attn = eps_add(f["x"], f["attn_out"], r_x1)
+    else:
+        r_x, r_attn = eps_add(f["x"], f["attn_out"], eps_layer_norm(ln1, f["x"] + f["attn_out"], r_x1))
+    r_ctx = _heads(eps_linear(f["ctx"], *layer.o, r_attn), layer.heads)
+    r_q, r_k, r_v = attention_rules(f, r_ctx, value_share)
+    r_h = sum(eps_linear(f["h"], *p, _merge(r)) for p, r in ((layer.q, r_q), (layer.k, r_k), (layer.v, r_v)))
+    return r_x + (eps_layer_norm(ln1, f["x"], r_h) if layer.pre_ln else r_h)
+
+
+@dataclass
+class InputRelevance:
+    target: int
+    logit: float
+    tokens: torch.Tensor                # (N,) at the first layer's input, summed over features
+    pixels: torch.Tensor | None = None  # (H, W) for images
+
+
+def reference_attnlrp(case, i: int, target: int | None, value_share: float = 0.5) -> InputRelevance:
+    """AttnLRP (value_share 1/2) or CP-LRP (value_share 1) for sample ``i`` of a token-read-out case."""
+    p: RefPass = case.run(i)
+    s = structure(case)
+    t = p.target(target)
+    hidden = [h.to(DTYPE) for h in p.hidden]
+    with torch.no_grad():
+        saved = [layer_forward(layer, hidden[index], p.attentions[index].to(DTYPE), f"{case.name} layer {index}")
+                 for index, layer in enumerate(s.layers)]
+        final = _norm_of(s.final_norm)
+        x = final(hidden[-1])[case.readout]
+        head_inputs = []
+        for lin, act in s.head:
+            head_inputs.append(x)
+            x = act(F.linear(x, *lin))
+        torch.testing.assert_close(x, p.logits.detach().to(DTYPE), rtol=1e-5, atol=1e-5)
+        relevance = torch.zeros_like(x)
+        relevance[t] = x[t]
+        for (lin, _), x_in in reversed(list(zip(s.head, head_inputs))):
+            relevance = eps_linear(x_in, *lin, relevance)               # the head's activations: identity
+        r = torch.zeros_like(hidden[-1])
+        r[case.readout] = relevance
+        r = eps_layer_norm(final, hidden[-1], r)
+        for index in reversed(range(len(s.layers))):
+            r = attnlrp_layer(s.layers[index], saved[index], r, value_share)
+        result = InputRelevance(t, float(x[t]), r.sum(dim=-1))
+        if case.modality == "image":
+            conv, prefix, position = embedding(case)
+            weight, bias = conv.weight.detach().to(DTYPE), conv.bias.detach().to(DTYPE)
+            pixels = p.pixels.to(DTYPE)[None]
+            patches = F.conv2d(pixels, weight, bias, stride=conv.stride)[0]
+            d, gh, gw = patches.shape
+            tokens = torch.cat([prefix.detach().to(DTYPE), patches.reshape(d, -1).T])
+            r_tokens, _ = eps_add(tokens, position.detach().to(DTYPE).expand_as(tokens), r)
+            r_patches = r_tokens[prefix.shape[0]:].T.reshape(1, d, gh, gw)
+            conv_back = torch.nn.grad.conv2d_input(pixels.shape, weight, safe_divide(r_patches, patches[None]),
+                                                   stride=conv.stride)
+            result.pixels = (pixels * conv_back)[0].sum(dim=0)
+    return result

@@ -22,12 +22,16 @@ PROMPTS = ["the cat sat on", "a dog ran", "the big red dog ran to the"]
 METHODS = list(REFERENCES)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
+def word_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer that adds no special tokens (as GPT-2's)."""
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_tokenizer()
 
 
 def _llama_kwargs() -> dict:
@@ -151,11 +155,12 @@ def test_hooks_released_and_attention_restored_also_on_error(name, tokenizer):
 
 def test_lrp_refused_with_the_declared_reason(tokenizer):
     explainer = Explainer(make("llama"), tokenizer)
-    assert explainer.applicable_methods() == sorted(METHODS)
+    assert explainer.applicable_methods() == sorted(METHODS + ["attnlrp", "cp_lrp", "gradient_x_input",
+                                                               "integrated_gradients"])
     for method in ("lrp", "partial_lrp", "transformer_attribution"):
         with pytest.raises(UnsupportedModelError, match="RMSNorm.*gated MLP.*rotary"):
             explainer.explain(PROMPTS[0], method=method)
-    with pytest.raises(UnsupportedModelError, match="AttnLRP"):
+    with pytest.raises(UnsupportedModelError, match="use attnlrp, cp_lrp"):
         Explainer(make("gpt2"), tokenizer).explain(PROMPTS[0], method="lrp")
 
 

@@ -383,7 +383,8 @@ def local_models(tmp_path_factory, wordpiece):
 
 def test_a_configured_text_classifier_is_served(local_models, tmp_path):
     settings = local_models.model_settings("text", "tiny BERT")
-    assert settings["methods"] == ["attention_gradcam", "generic", "lrp", "partial_lrp", "raw_attention", "rollout",
+    assert settings["methods"] == ["attention_gradcam", "attnlrp", "cp_lrp", "generic", "gradient_x_input",
+                                   "integrated_gradients", "lrp", "partial_lrp", "raw_attention", "rollout",
                                    "transformer_attribution"]
     assert settings["method"] == "transformer_attribution" and not settings["builtin"] and settings["layers"] == 3
     label, page, page_b, table, files = local_models.explain_text("tiny BERT", "the movie was surprisingly good",

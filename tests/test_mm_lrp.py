@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +133,38 @@ def test_vilt_joint_stream_matches_the_lrp_reference(vilt, method):  # noqa: F81
         patches = torch.from_numpy(exp.heatmap).to(DTYPE).flatten()
         assert float(patches.sum()) == pytest.approx(float(row[length + 1:].sum()), rel=1e-5, abs=1e-9)
         assert sorted(patches.tolist()) == pytest.approx(sorted(row[length + 1:].float().tolist()), rel=1e-4, abs=1e-9)
+
+
+def _without_biases(model):
+    """A copy whose biases (layers, norms) are zero: the relevance at a tower's input then sums to the pair's logit
+    under CP-LRP (which conserves exactly; AttnLRP's softmax rule keeps a share, as the paper says)."""
+    model = copy.deepcopy(model).to(DTYPE)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+    return model
+
+
+def test_cp_lrp_conserves_the_similarity_in_each_clip_tower(clip):  # noqa: F811
+    model, processor, image = clip
+    model = _without_biases(model)
+    exps = Explainer(model, processor).explain(image=image, text=["a small dog", "two red birds on a wire"],
+                                              method="cp_lrp")
+    for exp in exps:
+        logit = exp.similarity * float(model.logit_scale.exp())
+        assert float(exp.scores.sum()) == pytest.approx(logit, rel=1e-4, abs=1e-6)  # every text token, specials too
+        assert float(np.abs(exp.heatmap).max()) > 0
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+def test_rule_methods_reach_vilt_and_clip_and_are_batch_invariant(clip, vilt, method):  # noqa: F811
+    model, processor, images = vilt
+    ex = Explainer(model, processor)
+    batched = ex.explain(image=images[1], question=QUESTIONS[:2], method=method)
+    for exp, question in zip(batched, QUESTIONS[:2]):
+        alone = ex.explain(image=images[1], question=question, method=method)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
+    clip_model, clip_processor, image = clip
+    assert method in Explainer(clip_model, clip_processor).applicable_methods()

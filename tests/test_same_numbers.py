@@ -53,7 +53,7 @@ def compute(make, processor, inputs) -> dict:
     with torch.no_grad():
         classes = explainer.adapter.logits(explainer.adapter.prepare(inputs[:1])).shape[-1]
     targets = [t if i % 2 == 0 else (t + 1) % classes for i, t in enumerate(predicted)]
-    result = {"applicable": explainer.applicable_methods()}
+    result = {"applicable": [method for method in explainer.applicable_methods() if method in METHODS]}
     for method in METHODS:
         if method not in result["applicable"]:
             continue

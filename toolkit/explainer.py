@@ -17,6 +17,7 @@ from . import loading
 from .adapters import Batch, FamilySource, ModelAdapter, adapter_for
 from .core import engine
 from .core.propagation import one_hot
+from .core.rerun import rerun_from
 from .errors import InputError, UnsupportedModelError, warn
 from .explanation import Explanation
 from .images import image_items
@@ -88,6 +89,9 @@ class Explainer:
                 self.adapter.spec.check_lrp()
             except UnsupportedModelError as error:
                 return str(error)
+        reason = method_cls.refusal(self.adapter.spec, self.model)
+        if reason:
+            return f"Method {method_cls.name!r} cannot explain this model: {reason}"
         return None
 
     def applicable_methods(self) -> list[str]:
@@ -152,8 +156,8 @@ class Explainer:
         refusal = self.method_refusal(name)
         if refusal is not None:
             raise UnsupportedModelError(refusal)
-        if method_cls.needs_gradients and any(p.is_inference() for p in self.model.parameters()):
-            gradient_free = [m for m in self.applicable_methods() if not get_method(m).needs_gradients]
+        if method_cls.uses_gradients() and any(p.is_inference() for p in self.model.parameters()):
+            gradient_free = [m for m in self.applicable_methods() if not get_method(m).uses_gradients()]
             raise UnsupportedModelError(
                 f"The model's weights were made under torch.inference_mode(), and {name!r} needs gradients, which "
                 "autograd cannot take through such tensors: create or load the model outside inference mode "
@@ -228,10 +232,14 @@ class Explainer:
             start = one_hot(chosen["targets"], spec.head[-1].out_features)
             return {"main": engine.LRPStart(start, readout, method.lowest_lrp_layer(len(spec.layers)))}
 
-        result = engine.run_pass(self.model, engine.sites_of(spec, "main"), forward, gradients=method.needs_gradients,
-                                 streams={"main": spec}, tokens={"main": batch.token_mask.shape[1]},
-                                 lrp=lrp_start if method.needs_lrp else None,
-                                 record=self.adapter.input_modules() if method.needs_input_relevance else ())
+        result = engine.run_pass(self.model, engine.sites_of(spec, "main"), forward, method, streams={"main": spec},
+                                 tokens={"main": batch.token_mask.shape[1]}, lrp=lrp_start if method.needs_lrp else None,
+                                 record=self.adapter.input_modules() if method.needs_input_relevance else (),
+                                 inputs={"main": self.adapter.input_modules()})
+        if method.reruns_model:
+            result.targets = chosen["targets"]
+            result.rerun = rerun_from(spec.layers[0].block, lambda times: self.adapter.logits(_repeated(batch, times)),
+                                      len(batch))
         if method.needs_input_relevance:
             result.input_relevance["main"] = self.adapter.input_relevance(result.recorder, result.first_layer["main"],
                                                                           batch)
@@ -316,6 +324,12 @@ class Explainer:
         return Explanation(scores=scores.astype(np.float32), tokens=tokens, heatmap=heatmap.astype(np.float32),
                            image=sample["image"], original_image=sample.get("original_image"),
                            crop_box=sample.get("crop_box"), **common)
+
+
+def _repeated(batch: Batch, times: int) -> Batch:
+    """The batch's model inputs repeated ``times`` times along the batch dimension (path methods run many copies)."""
+    return Batch({key: value.repeat(times, *[1] * (value.dim() - 1)) for key, value in batch.model_inputs.items()},
+                 batch.token_mask.repeat(times, 1), batch.content_mask.repeat(times, 1))
 
 
 def _joined(text: str | tuple[str, str] | None) -> str | None:

@@ -43,6 +43,14 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
+class L2Norm(nn.Module):
+    """x / ||x|| over the last dimension, as a module so that LRP rules can be hooked to it (AttnLRP holds the norm
+    constant, as for RMSNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
 class ZeroShotTextClassifier(nn.Module):
     """Wraps a stock Hugging Face encoder; the label embeddings are computed once and kept fixed."""
 
@@ -59,9 +67,10 @@ class ZeroShotTextClassifier(nn.Module):
         self.config.id2label = dict(enumerate(labels))
         self.config.label2id = {name: i for i, name in enumerate(labels)}
         self.temperature = temperature
+        self.normalise = L2Norm()
         with torch.no_grad():
             enc = tokenizer(list(labels.values()), padding=True, return_tensors="pt").to(self.device)
-            self.register_buffer("label_embeddings", F.normalize(self.embed(**enc), dim=-1))
+            self.register_buffer("label_embeddings", self.normalise(self.embed(**enc)))
 
     @property
     def device(self) -> torch.device:
@@ -73,7 +82,7 @@ class ZeroShotTextClassifier(nn.Module):
         return mean_pool(hidden, attention_mask)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        text = F.normalize(self.embed(input_ids, attention_mask, token_type_ids), dim=-1)
+        text = self.normalise(self.embed(input_ids, attention_mask, token_type_ids))
         return SimpleNamespace(logits=text @ self.label_embeddings.T / self.temperature)
 
     @classmethod

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import engine
+from ..core.rerun import rerun_from
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
@@ -205,21 +206,32 @@ class CausalLMAdapter(DeclaredAdapter):
         chosen = {}
 
         def forward():
-            logits = self.layout.forward(input_ids=steps.input_ids, attention_mask=steps.attention_mask).logits
-            log_probs = rows_of(logits, steps.rows).float().log_softmax(-1)
-            chosen["targets"] = torch.where(guessed, log_probs.argmax(-1), steps.targets)
-            return logits, log_probs.gather(1, chosen["targets"][:, None])[:, 0]
+            """The objective is each step's log-probability; under LRP rules its logit (AttnLRP explains logits)."""
+            step_logits = rows_of(self._logits(steps, 1), steps.rows).float()
+            log_probs = step_logits.log_softmax(-1)
+            chosen["targets"] = targets = torch.where(guessed, log_probs.argmax(-1), steps.targets)
+            chosen["log_probs"] = log_probs.gather(1, targets[:, None])[:, 0]
+            explained = step_logits if method.rules is not None else log_probs
+            return step_logits, explained.gather(1, targets[:, None])[:, 0]
 
         spec = self.spec
-        result = engine.run_pass(self.model, engine.sites_of(spec, "text"), forward, gradients=method.needs_gradients,
-                                 streams={"text": spec}, tokens={"text": length})
+        result = engine.run_pass(self.model, engine.sites_of(spec, "text"), forward, method, streams={"text": spec},
+                                 tokens={"text": length})
+        if method.reruns_model:
+            result.targets, result.rerun = chosen["targets"], rerun_from(spec.layers[0].block, lambda times: rows_of(
+                self._logits(steps, times), steps.rows.repeat(times)).float().log_softmax(-1), len(steps))
         reading = engine.Reading("text", "text", spec.readout_weights(visible, content, rows=steps.rows), visible,
                                  content)
         with torch.no_grad():
             relevance = engine.attribute(method, result, reading).detach().float().cpu().numpy()
-        targets, objective = chosen["targets"], result.objective
+        targets, objective = chosen["targets"], chosen["log_probs"]
         return self._explanations(method, prompts, sequences, items, steps, targets.tolist(),
                                   objective.detach().cpu().numpy(), relevance, keep_sink)
+
+    def _logits(self, steps: StepBatch, times: int) -> torch.Tensor:
+        """The model's logits over the step batch, repeated ``times`` times (path methods run many copies)."""
+        return self.layout.forward(input_ids=steps.input_ids.repeat(times, 1),
+                                   attention_mask=steps.attention_mask.repeat(times, 1)).logits
 
     def _explanations(self, method: Method, prompts: list[TokenIds], sequences: list[TokenIds], items: list[Any],
                       steps: StepBatch, targets: list[int], log_probs: np.ndarray, relevance: np.ndarray,

@@ -17,6 +17,20 @@ import torch.nn as nn
 AttentionExtractor = Callable[[object], torch.Tensor]
 
 
+def with_first_input(args: tuple, kwargs: dict, replace: Callable[[torch.Tensor], torch.Tensor | None]):
+    """(args, kwargs) with the first floating-point tensor (positional, else keyword) replaced by ``replace(it)``, or
+    None when there is none or ``replace`` gives None (the call is left as it is)."""
+    for index, value in enumerate(args):
+        if torch.is_tensor(value) and value.is_floating_point():
+            new = replace(value)
+            return None if new is None else ((*args[:index], new, *args[index + 1:]), kwargs)
+    for key, value in kwargs.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            new = replace(value)
+            return None if new is None else (args, {**kwargs, key: new})
+    return None
+
+
 def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The tensor a module was called on: the first positional tensor, or ``hidden_states``."""
     for value in args:
@@ -51,6 +65,7 @@ class Recorder:
     keep_gradients: bool = False  # keep attention probabilities attached to the graph
     calls: dict[int, list[ModuleCall]] = field(default_factory=lambda: defaultdict(list))
     attention: dict[int, list[AttentionCall]] = field(default_factory=lambda: defaultdict(list))
+    graph_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # module id -> its first input in the graph
     _handles: list = field(default_factory=list)
     _watched: set = field(default_factory=set)
 
@@ -94,19 +109,16 @@ class Recorder:
 
     def start_graph_at(self, module: nn.Module) -> None:
         """Make ``module``'s input a leaf that requires grad, so attention gradients exist even for
-        frozen models, and the backward pass stops there instead of reaching the embeddings."""
+        frozen models, and the backward pass stops there instead of reaching the embeddings. The input of its
+        first call (that leaf, or the tensor already in the graph) is kept in ``graph_inputs``."""
+
+        def start(mod, value: torch.Tensor) -> torch.Tensor | None:
+            started = value if value.requires_grad else value.detach().requires_grad_()
+            self.graph_inputs.setdefault(id(mod), started)
+            return None if started is value else started
 
         def pre_hook(mod, args, kwargs):
-            for index, value in enumerate(args):
-                if torch.is_tensor(value) and value.is_floating_point():
-                    if value.requires_grad:
-                        return None
-                    args = (*args[:index], value.detach().requires_grad_(), *args[index + 1:])
-                    return args, kwargs
-            for key, value in kwargs.items():
-                if torch.is_tensor(value) and value.is_floating_point() and not value.requires_grad:
-                    return args, {**kwargs, key: value.detach().requires_grad_()}
-            return None
+            return with_first_input(args, kwargs, lambda value: start(mod, value))
 
         self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 

@@ -9,6 +9,7 @@ the tasks or in the methods tests a method's or a family's name.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -63,7 +64,10 @@ class LRPStart:
 class Pass:
     """What one forward (and backward, and LRP pass) left: per-site probabilities and gradients, the task's outputs
     and objective, and per declared stream the LRP relevance of its attention maps and of its first layer's input
-    (``first_layer`` (B, N, D); ``input_relevance`` per token, which a task may map further, e.g. to pixels)."""
+    (``first_layer`` (B, N, D); ``input_relevance`` per token, which a task may map further, e.g. to pixels).
+    ``input_gradients``: (value, gradient) at each start of the graph, by module (the LRP rules' methods);
+    ``starts``: per stream, the modules whose inputs start its graph, outermost first (pixels, then the first
+    layer); ``rerun``: the task's forward from other first-layer inputs (the path methods)."""
 
     sites: list[Site]
     outputs: Any
@@ -74,22 +78,37 @@ class Pass:
     attention_relevance: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     first_layer: dict[str, torch.Tensor] = field(default_factory=dict)
     input_relevance: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_gradients: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    starts: dict[str, list[nn.Module]] = field(default_factory=dict)
+    targets: torch.Tensor | None = None
+    rerun: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[Any, torch.Tensor]], *,
-             gradients: bool, streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
-             lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = ()) -> Pass:
-    """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take the gradient of the objective's
-    sum with respect to every attention map when ``gradients`` (one backward for the batch).
+def takes_backward(method) -> bool:
+    """Whether a method needs the backward pass: attention gradients, or input x gradient under LRP rules."""
+    return method.needs_gradients or method.rules is not None
+
+
+def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[Any, torch.Tensor]], method, *,
+             streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
+             lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = (),
+             inputs: dict[str, list[nn.Module]] | None = None) -> Pass:
+    """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take one backward pass from the
+    objective's sum where the method needs it: to every attention map (``needs_gradients``), and under the method's
+    LRP rules (``rules``, applied for the pass and undone after) to every start of the graph.
 
     ``streams`` / ``tokens``: the declared stacks and their token counts, whose captures are checked with messages
-    that name the declaration. ``lrp(pass)`` -> the starts of the streams LRP runs through (their specs record
-    what the rules read); ``record``: further modules whose calls the task reads afterwards (``pass.recorder``).
-    Hooks are released and the attention implementation restored on exit, also when something raised.
+    that name the declaration. ``lrp(pass)`` -> the starts of the streams the CVPR 2021 LRP runs through (their specs
+    record what the rules read); ``record``: further modules whose calls the task reads afterwards (``pass.recorder``);
+    ``inputs``: per stream, modules before its first layer where the rules' graph starts too (the pixels' patch
+    embedding). Hooks are released and the attention implementation restored on exit, also when something raised.
     """
     streams, tokens = streams or {}, tokens or {}
     lrp_streams = streams if lrp is not None else {}
-    with explicit_attention(model), Recorder(keep_gradients=gradients) as rec:
+    starts = {name: [*(inputs or {}).get(name, []), spec.layers[0].block] if method.rules is not None
+              else [spec.layers[0].block] for name, spec in streams.items()}
+    rules = method.rules.applied(model, *streams.values()) if method.rules is not None else contextlib.nullcontext()
+    with explicit_attention(model), Recorder(keep_gradients=method.needs_gradients) as rec, rules:
         for site in sites:
             rec.record_attention(site.module, site.extract)
         for spec in lrp_streams.values():
@@ -100,19 +119,22 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
                 rec.record(module)
         for module in record:
             rec.record(module)
-        if gradients:
+        if takes_backward(method):
+            for modules in starts.values():
+                for module in modules:
+                    rec.start_graph_at(module)
+        if method.reruns_model:
             for spec in streams.values():
-                rec.start_graph_at(spec.layers[0].block)
-        with torch.set_grad_enabled(gradients):  # also under a caller's no_grad()
+                rec.record(spec.layers[0].block)
+        with torch.set_grad_enabled(takes_backward(method)):  # also under a caller's no_grad()
             outputs, objective = forward()
             for name, spec in streams.items():
                 if name in tokens:
                     spec.attention_calls(rec, tokens[name])  # a wrong declaration is named before anything reads it
             calls = [rec.attention_call(site.module, site.call) for site in sites]
-            result = Pass(sites, outputs, objective, [c.probs for c in calls], recorder=rec)
-            if gradients:
-                grads = torch.autograd.grad(objective.sum(), [c.live for c in calls], allow_unused=True)
-                result.grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, result.probs)]
+            result = Pass(sites, outputs, objective, [c.probs for c in calls], recorder=rec, starts=starts)
+            if takes_backward(method):
+                _backward(method, rec, objective, calls, result)
     if lrp is not None:
         for name, start in lrp(result).items():
             indices = [i for i, site in enumerate(sites) if site.query == name and site.is_self]
@@ -121,6 +143,18 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
                 start.lowest)
             result.first_layer[name], result.input_relevance[name] = first, first.sum(-1)
     return result
+
+
+def _backward(method, rec: Recorder, objective: torch.Tensor, calls: list, result: Pass) -> None:
+    """One backward pass from the objective's sum: to the attention maps and, under LRP rules, the graph's starts
+    (a map or start the objective does not reach gets a zero gradient)."""
+    live = [call.live for call in calls] if method.needs_gradients else []
+    starts = list(rec.graph_inputs.items()) if method.rules is not None else []
+    grads = torch.autograd.grad(objective.sum(), live + [value for _, value in starts], allow_unused=True)
+    if method.needs_gradients:
+        result.grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, result.probs)]
+    result.input_gradients = {key: (value.detach(), torch.zeros_like(value) if g is None else g)
+                              for (key, value), g in zip(starts, grads[len(live):])}
 
 
 # --- which relevance a method gives for a pair of streams ------------------------------------------------------
@@ -182,10 +216,16 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
         indices = [i for i in query_sites if result.sites[i].is_self]
         content = reading.stream_content if how == "linked" else reading.content
     grads = None if result.grads is None else [result.grads[i].float() for i in indices]
+    starts = result.starts.get(reading.query, [])
     trace = Trace(probs=[result.probs[i].float() for i in indices], grads=grads, readout=reading.readout,
                   token_mask=reading.tokens, content_mask=content,
                   attention_relevance=result.attention_relevance.get(reading.query),
-                  input_relevance=result.input_relevance.get(reading.query))
+                  input_relevance=result.input_relevance.get(reading.query),
+                  input_gradients=[result.input_gradients[id(module)] for module in starts
+                                   if id(module) in result.input_gradients] or None)
+    if method.reruns_model and starts:
+        trace.targets, trace.rerun = result.targets, result.rerun
+        trace.layer_input = result.recorder.call(starts[-1]).input
     if how == "network":
         trace.network = Network(sites=[(s.query, s.key, s.together) for s in result.sites],
                                 probs=[p.float() for p in result.probs],
@@ -195,4 +235,3 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
     if how == "linked":
         relevance = torch.gather(relevance, 1, reading.positions)
     return relevance
-

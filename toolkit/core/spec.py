@@ -47,6 +47,7 @@ class LayerSpec:
     mlp_scale: torch.Tensor | float | None = None
     call: int = 0
     lrp_blocker: str | None = None  # why LRP cannot pass this layer, if it cannot
+    gated_mlp: bool = False  # fc2 reads the product of two projections (GLU, SwiGLU)
 
     def __post_init__(self) -> None:
         self.attn_branch = self.attn_branch or self.out_proj
@@ -79,6 +80,7 @@ class ModelSpec:
     readout_index: int = 0
     readout: str = "token"
     lrp_blocker: str | None = None
+    attnlrp_blocker: str | None = None  # why the AttnLRP / CP-LRP rules (core.lrp_rules) cannot pass, if they cannot
     origin: str = "the adapter"
     paths: dict[int, str] = field(default_factory=dict)
     nearby: Callable[[str], str] = field(default=lambda path: "", repr=False)

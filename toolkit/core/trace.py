@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -39,6 +40,13 @@ class Trace:
     attention_relevance: list[torch.Tensor] | None = None
     input_relevance: torch.Tensor | None = None
     network: Network | None = None
+    # (value, gradient) where the graph starts, outermost first: the pixels (images), then the first layer's input
+    input_gradients: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # for methods that run the model again (Method.reruns_model): the classes explained (B,), the first layer's input
+    # (B, N, D), and the model's outputs (R*B, C) for other first-layer inputs (R*B, N, D), the batch repeated R times
+    targets: torch.Tensor | None = None
+    layer_input: torch.Tensor | None = None
+    rerun: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:

@@ -56,8 +56,12 @@ KEYS = {
                "token), or {from: path, values: {value: read-out}}",
     "prefix_tokens": "images: parameters (1, k, dim) placed before the patches (class, distillation, registers)",
     "patch_embedding": "images: the Conv2d that turns pixels into patch tokens",
-    "lrp_blockers": "[{reason: why LRP cannot pass, if_present: [paths]}]: refuse the LRP-based methods",
+    "lrp_blockers": "[{reason: why LRP cannot pass, if_present: [paths], rules: [cvpr2021, attnlrp]}]: refuse the "
+                    "LRP-based methods (those of the rule sets listed; all when rules is left out)",
+    "gated_mlp": "true when fc2 reads the product of two projections (GLU, SwiGLU: Llama, ModernBERT); AttnLRP splits "
+                 "its relevance evenly between them",
 }
+RULE_SETS = ("cvpr2021", "attnlrp")  # the LRP rules of Chefer et al. (CVPR 2021), and AttnLRP / CP-LRP
 LINEAR_PARTS = ("query", "key", "value", "qkv", "out_proj", "fc1", "fc2")
 MODULE_PARTS = ("attn_branch", "mlp_branch")
 SCALE_PARTS = ("attn_scale", "mlp_scale")
@@ -185,8 +189,12 @@ class Family:
         self._check_match(self.get("match", {}))
         for blocker in self.get("lrp_blockers", []):
             if not (isinstance(blocker, dict) and isinstance(blocker.get("reason"), str)
-                    and set(blocker) <= {"reason", "if_present"} and isinstance(blocker.get("if_present", []), list)):
-                raise self.error(f"each lrp_blockers item is {{reason: text, if_present: [paths]}}; got {blocker!r}")
+                    and set(blocker) <= {"reason", "if_present", "rules"} and isinstance(blocker.get("if_present", []), list)
+                    and set(blocker.get("rules", RULE_SETS)) <= set(RULE_SETS)):
+                raise self.error(f"each lrp_blockers item is {{reason: text, if_present: [paths], rules: [rule sets of "
+                                 f"{', '.join(RULE_SETS)}]}}; got {blocker!r}")
+        if not isinstance(self.get("gated_mlp", False), bool):
+            raise self.error(f"gated_mlp is true or false; got {self.get('gated_mlp')!r}")
         if not isinstance(self.get("forward_kwargs", {}), dict):
             raise self.error("forward_kwargs must be a mapping of keyword arguments")
 
@@ -261,6 +269,11 @@ class Family:
 
     def bind(self, model: nn.Module) -> "Layout":
         return Layout(self, model)
+
+
+def _is_conv1d(module: Any) -> bool:
+    """transformers' Conv1D (GPT-2): a linear layer with its weight stored transposed."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def _listed(value: Any) -> list:
@@ -394,7 +407,7 @@ class Layout:
         if not path:
             return None
         module = self.find(key, path, layer_path, index)
-        if module is not None and not isinstance(module, nn.Linear):
+        if module is not None and not isinstance(module, nn.Linear) and not _is_conv1d(module):
             full = self.full_path(path, layer_path, index)
             raise self.error(f"{key} {path!r} is a {type(module).__name__}; the LRP rules need an nn.Linear there", full)
         return module
@@ -418,20 +431,25 @@ class Layout:
                 raise self.error(f"heads {entry['heads']!r} is {heads!r}, not a number of heads")
             blockers.append(self._absent_parts(parts, norm))
             layers.append(LayerSpec(block=block, attention=attention, extract_probs=extract, num_heads=heads,
-                                    norm_first=norm == "pre", call=call, **parts))
+                                    norm_first=norm == "pre", call=call, gated_mlp=entry.get("gated_mlp", False),
+                                    **parts))
         head = [self._linear("head", path=path) for path in entry.get("head", [])]
         head = [module for module in head if module is not None]
         for path, module in zip(entry.get("head", []), head):
             paths[id(module)] = expand(path, self.base)
         kind, index = self.readout()
-        blocker = self._declared_blocker() or next((b for b in blockers if b), None)
+        blocker = self._declared_blocker("cvpr2021") or next((b for b in blockers if b), None)
         if blocker is None and not head and kind == "token":
             blocker = "the entry declares no head (the Linear layers from the read-out token to the logits)"
         return ModelSpec(layers=layers, head=head, readout=kind, readout_index=index, lrp_blocker=blocker,
-                         origin=self.family.label, paths=paths, nearby=self.nearby)
+                         attnlrp_blocker=self._declared_blocker("attnlrp"), origin=self.family.label, paths=paths,
+                         nearby=self.nearby)
 
     def _absent_parts(self, parts: dict, norm: str | None) -> str | None:
         """Why LRP cannot pass a layer whose entry leaves out (or marks absent) a part the rules read."""
+        conv1d = [key for key in LINEAR_PARTS if _is_conv1d(parts[key])]
+        if conv1d:
+            return f"{', '.join(conv1d)} are Conv1D layers (GPT-2), which the CVPR 2021 rules here do not read"
         absent = [key for key in ("out_proj", "fc1", "fc2") if parts[key] is None]
         if parts["qkv"] is None and None in (parts["query"], parts["key"], parts["value"]):
             absent.append("qkv (or query, key and value)")
@@ -441,8 +459,10 @@ class Layout:
             return None
         return f"the entry declares no {', '.join(absent)} (or they are absent from this model), which the LRP rules read"
 
-    def _declared_blocker(self) -> str | None:
+    def _declared_blocker(self, rule_set: str) -> str | None:
         for blocker in self.family.get("lrp_blockers", []):
+            if rule_set not in blocker.get("rules", RULE_SETS):
+                continue
             conditions = blocker.get("if_present")
             if not conditions or any(self._anywhere(path) for path in conditions):
                 return blocker["reason"]

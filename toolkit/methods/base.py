@@ -9,8 +9,11 @@ import difflib
 from typing import Any, ClassVar
 
 import torch
+import torch.nn as nn
 
+from ..core.lrp_rules import RuleSet
 from ..core.propagation import identity_share, propagate_row
+from ..core.spec import ModelSpec
 from ..core.trace import Trace
 from ..errors import InputError
 
@@ -23,6 +26,9 @@ class Method:
     needs_gradients: ClassVar[bool] = False
     needs_lrp: ClassVar[bool] = False
     needs_input_relevance: ClassVar[bool] = False
+    # LRP rules applied as a modified backward pass (AttnLRP, CP-LRP): the trace then holds input x gradient
+    rules: ClassVar[RuleSet | None] = None
+    reruns_model: ClassVar[bool] = False  # runs the model itself through trace.rerun (integrated gradients)
     takes_start_layer: ClassVar[bool] = False
     extra_options: ClassVar[dict[str, Any]] = {}  # option name -> default, beyond start_layer
     empty_reason: ClassVar[str] = "the attention layers gave this target no relevance"
@@ -47,6 +53,16 @@ class Method:
                 raise InputError(f"Option {name!r} of {self.name!r} takes a {type(default).__name__}; got {value!r}.")
             setattr(self, name, value)
         self.start_layer = start_layer
+
+    @classmethod
+    def uses_gradients(cls) -> bool:
+        """Whether the method takes gradients (of attention maps, under LRP rules, or along a path)."""
+        return cls.needs_gradients or cls.rules is not None or cls.reruns_model
+
+    @classmethod
+    def refusal(cls, spec: ModelSpec, model: nn.Module) -> str | None:
+        """Why this method cannot explain ``model`` (checked before any work), beyond the CVPR 2021 LRP check."""
+        return None if cls.rules is None else cls.rules.refusal(spec, model)
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -106,3 +122,15 @@ class RowPropagation(Method):
             return row
         return row - identity_share(trace.readout, matrices, normalise_rows=self.normalise_rows)
 
+
+
+class InputTimesGradient(Method):
+    """Relevance = input x gradient where the backward pass starts, summed over features: per pixel (over the colour
+    channels) for images, per token (over the hidden dimension) for text. With ``rules``, the gradient is that of
+    the rules' modified backward pass, which makes the product their LRP relevance."""
+
+    def attribute(self, trace: Trace) -> torch.Tensor:
+        value, gradient = trace.input_gradients[0]
+        dtype = torch.promote_types(value.dtype, torch.float32)
+        product = value.to(dtype) * gradient.to(dtype)
+        return product.sum(dim=1) if product.dim() == 4 else product.sum(dim=-1)

@@ -189,6 +189,17 @@ class MultimodalAdapter(ABC):
                         + (f"it propagates relevance within one stream, and the {query} tokens also attend to other "
                            "streams through cross-attention, which it has no rule for"
                            if method.reads == "stream" else f"no attention runs from the {query} to the {key} tokens"))
+            if method.reruns_model:
+                return (f"Method {method.name!r} cannot explain {self.family} models yet: it runs the model again from "
+                        "the first layer's input along a path, which the image-text tasks do not offer")
+            if method.rules is not None:
+                if how != "stream" or query not in streams:
+                    return (f"Method {method.name!r} cannot explain {self.family} models: its LRP rules are applied "
+                            f"here within one stream of self-attention layers, and the {query} tokens "
+                            + ("also read other streams" if how != "stream" else "have no declared layers"))
+                reason = method.refusal(streams[query], self.model)
+                if reason:
+                    return f"Method {method.name!r} cannot explain {self.family} models: {reason}"
             if method.needs_lrp:
                 if how != "stream" or query not in streams:
                     return (f"Method {method.name!r} cannot explain {self.family} models: the LRP rules of CVPR 2021 "
@@ -219,7 +230,7 @@ class MultimodalAdapter(ABC):
             lrp: Callable[[engine.Pass], dict[str, engine.LRPStart]] | None = None) -> engine.Pass:
         """One forward (and at most one backward, and LRP where the method needs it) through the shared engine."""
         streams = self.streams()
-        return engine.run_pass(self.model, self.sites(), forward, gradients=method.needs_gradients, streams=streams,
+        return engine.run_pass(self.model, self.sites(), forward, method, streams=streams,
                                tokens={name: count for name, count in (tokens or {}).items() if name in streams},
                                lrp=lrp if method.needs_lrp else None)
 

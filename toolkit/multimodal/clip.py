@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from ..errors import InputError
 from ..explanation import Explanation
@@ -103,6 +104,16 @@ def tower_lrp(adapter: MultimodalAdapter, method: Method, text_method: Method, t
     return starts
 
 
+def held_norm_similarity(model: nn.Module, out: Any) -> torch.Tensor:
+    """The pair's logit scale * <e_i / |e_i|, e_t / |e_t|> with the norms held constant, for LRP rules (as LayerNorm's
+    standard deviation is): the cosine is scale-invariant, so its plain gradient is orthogonal to each embedding and
+    input x gradient would sum to zero. Same value; the towers' outputs (``pooler_output``, projected by
+    transformers 5's CLIPModel) are the unnormalised embeddings."""
+    image, text = out.vision_model_output.pooler_output, out.text_model_output.pooler_output
+    image, text = image / image.norm(dim=-1, keepdim=True).detach(), text / text.norm(dim=-1, keepdim=True).detach()
+    return (image * text).sum(-1) * model.logit_scale.exp()
+
+
 def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:
     """(B, N) the tokenizer's special tokens ([CLS], [SEP], start / end of text, padding; not [UNK])."""
     return torch.tensor([special_token_mask(tokenizer, ids) for ids in input_ids.tolist()], dtype=torch.bool,
@@ -166,7 +177,9 @@ class HFCLIPAdapter(MultimodalAdapter):
 
         def run():
             out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=pixels)
-            return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
+            if method.rules is None:
+                return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
+            return out, held_norm_similarity(self.model, out)
 
         eot = self._eot_positions(enc["input_ids"])
         captured = self.run(method, run, lrp=tower_lrp(self, method, text_method, eot))
