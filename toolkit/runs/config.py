@@ -206,12 +206,13 @@ class RunConfig(Schema):
         return self
 
     def fingerprint(self) -> str:
-        """What the results depend on: a changed fingerprint refuses to resume into an old run's folder."""
-        relevant = self.model_dump(mode="json", include={"model", "task", "methods", "data", "target", "evaluation",
-                                                         "precision", "seed"})
+        """What the results depend on: a changed fingerprint refuses to resume into an old run's folder. How many
+        items (``data.limit``, ``data.count``) is left out: a run grows or stops early under the same ids."""
+        relevant = self.model_dump(mode="json", include=FINGERPRINTED, exclude={"data": {"limit", "count"}})
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+FINGERPRINTED = {"model", "task", "methods", "data", "target", "evaluation", "precision", "seed"}
 SECTIONS: dict[str, type[Schema]] = {"": RunConfig, "model": ModelConfig, "methods": MethodConfig,
                                      "data": DataConfig, "target": TargetConfig, "evaluation": EvaluationConfig,
                                      "output": OutputConfig, "executor": ExecutorConfig}

@@ -8,6 +8,7 @@ the driver commits.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +59,9 @@ def run_ray(config: RunConfig, items: list[dict[str, Any]], store: RunStore, pro
     runtime = {"env_vars": {"PYTHONPATH": _toolkit_path()}}
     if not ray.is_initialized():
         ray.init(address=spec.address, runtime_env=runtime, include_dashboard=False, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the run's own bar counts finished items
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     dataset = ray.data.from_items([{"item": pickle.dumps(item)} for item in items])
     results = dataset.map_batches(
         RayReplica, fn_constructor_kwargs={"config_json": config.model_dump_json(), "folder": str(store.folder),

@@ -28,7 +28,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..paths import output_folder
-from .config import RunConfig, to_yaml
+from .config import FINGERPRINTED, RunConfig, to_yaml
 
 TMP_PREFIX = ".tmp-"
 METRICS = ("morf_auc", "mass_accuracy", "rank_accuracy", "pointing_game", "token_mass_accuracy",
@@ -169,8 +169,8 @@ def _changes(folder: Path, config: RunConfig) -> str:
             changed.append(f"{where}: {a!r} -> {b!r}")
 
     walk(old, new, "")
-    relevant = [c for c in changed if c.split(".")[0].split(":")[0] in
-                ("model", "task", "methods", "data", "target", "evaluation", "precision", "seed")]
+    relevant = [c for c in changed if c.split(".")[0].split(":")[0] in FINGERPRINTED
+                and not c.startswith(("data.limit:", "data.count:"))]
     return "changed: " + "; ".join(relevant[:6]) if relevant else "a different fingerprint"
 
 
