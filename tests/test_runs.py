@@ -117,6 +117,8 @@ def test_the_config_is_checked_before_any_model_loads(tmp_path, monkeypatch):
         run(path)
     with pytest.raises(ConfigError, match="unknown method"):
         run(vit_scenes(tmp_path), ["methods=[generic,rolout]"])
+    with pytest.raises(ConfigError, match=r"methods\[0\].*generic has no option 'start_layr'; did you mean 'start_layer'"):
+        run(vit_scenes(tmp_path), ["methods=[{name: generic, options: {start_layr: 1}}]"])
 
 
 def test_cli_prints_config_errors_and_exits_2(tmp_path, capsys):
@@ -292,7 +294,7 @@ def test_the_deletion_auc_equals_an_independent_computation(tmp_path):
 
 # --- bad data ----------------------------------------------------------------------------------------------------------
 
-def test_bad_items_fail_alone_with_their_reason(tmp_path):
+def test_bad_items_fail_alone_with_their_reason(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     (tmp_path / "good.png").write_bytes((SCENES / "scene_0.png").read_bytes())
     (tmp_path / "pairs.jsonl").write_text(
@@ -313,6 +315,7 @@ def test_bad_items_fail_alone_with_their_reason(tmp_path):
     assert "broken.png" in reasons[1] and "question is empty" in reasons[2]
     assert "no value in column 'question'" in reasons[3] and "line 5 is not valid JSON" in reasons[4]
     assert "missing.png" in reasons[5]
+    assert "6 items x 1 methods" in (printed := capsys.readouterr().out) and "5 rows failed" in printed
     report = (tmp_path / "out" / "report.html").read_text()
     assert "Failed items" in report and "question is empty" in report and "line 5 is not valid JSON" in report
 
@@ -324,3 +327,43 @@ def test_an_empty_text_fails_its_row_and_the_others_run(tmp_path):
     _, rows = load_run(tmp_path / "out")
     assert [row["status"] for row in sorted(rows, key=lambda r: r["index"])] == ["ok", "failed", "ok"]
     assert "the text is empty" in next(r["error"] for r in rows if r["status"] == "failed")
+
+
+# --- models from elsewhere, offline ------------------------------------------------------------------------------------
+
+def test_a_local_folder_model_runs_the_example_config(tmp_path):
+    """configs/local_vit_folder.yaml with its placeholder replaced by a saved Hugging Face ViT and image processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=48, num_labels=4,
+                                                initializer_range=0.3))
+    model.save_pretrained(tmp_path / "my-vit")
+    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "my-vit")
+    run(CONFIGS / "local_vit_folder.yaml", [f"model.name={tmp_path / 'my-vit'}", "data.limit=2",
+                                            f"output.folder={tmp_path / 'out'}"])
+    _, rows = _finished(tmp_path / "out")
+    assert sorted(row["method"] for row in rows) == ["generic", "generic", "transformer_attribution",
+                                                     "transformer_attribution"]
+    assert {row["item"] for row in rows} == {"scene_0.png", "scene_1.png"}
+    assert all(row["prediction"].startswith("LABEL_") and row["morf_auc"] is not None for row in rows)
+
+
+def test_a_new_architecture_declared_inline_in_the_config(tmp_path, wordpiece):
+    """configs/data2vec_text_family.yaml: no built-in family covers Data2Vec text; its inline declaration does."""
+    from transformers import Data2VecTextConfig, Data2VecTextForSequenceClassification
+
+    torch.manual_seed(27)
+    model = Data2VecTextForSequenceClassification(Data2VecTextConfig(
+        vocab_size=wordpiece.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, num_labels=2, max_position_embeddings=128, type_vocab_size=1, initializer_range=0.3))
+    model.save_pretrained(tmp_path / "d2v")
+    wordpiece.save_pretrained(tmp_path / "d2v")
+    run(CONFIGS / "data2vec_text_family.yaml", [f"model.name={tmp_path / 'd2v'}", "data.limit=2",
+                                                f"output.folder={tmp_path / 'out'}"])
+    _, rows = _finished(tmp_path / "out")
+    assert sorted(row["method"] for row in rows) == ["rollout", "rollout", "transformer_attribution",
+                                                     "transformer_attribution"]
+    exp = Explanation.load(tmp_path / "out" / rows[0]["arrays"])
+    assert exp.text == "a gripping, beautifully shot film" and rows[0]["morf_auc"] is not None

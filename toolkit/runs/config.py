@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 from ..evaluation.metrics import DEFAULT_STEPS
-from ..methods import list_methods
+from ..methods import get_method, list_methods
 from ..zoo import MODULES
 
 ZERO_SHOT = "minilm-zero-shot"
@@ -30,6 +30,8 @@ NEEDS = {"image-classification": ("image",), "text-classification": ("text",),
          "image-text-similarity": ("image", "caption"), "vqa": ("image", "question"), "captioning": ("image",)}
 ROLES = ("id", "image", "text", "text_pair", "question", "caption")
 SCENE_COLUMNS = ("image", "label", "caption", "question", "answer")
+# Options of Explainer.explain beyond a method's own: CLIP's text tower, a language model's first position.
+EXPLAIN_OPTIONS = ("start_layer_text", "keep_sink")
 
 
 class Schema(BaseModel):
@@ -82,6 +84,12 @@ class MethodConfig(Schema):
             close = difflib.get_close_matches(self.name, list_methods(), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"unknown method {self.name!r}; {hint}methods: {', '.join(list_methods())}")
+        valid = [*get_method(self.name).option_names(), *EXPLAIN_OPTIONS]
+        for option in self.options:
+            if option not in valid:
+                close = difflib.get_close_matches(option, valid, n=1)
+                raise ValueError(f"{self.name} has no option {option!r}; "
+                                 + (f"did you mean {close[0]!r}? " if close else "") + f"options: {', '.join(valid)}")
         return self
 
 

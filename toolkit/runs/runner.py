@@ -54,8 +54,9 @@ def run(config_path: str | Path, overrides: list[str] = (), shard_spec: str | No
     seconds = time.perf_counter() - start
     rate = f", {len(todo) / seconds:.2f} items/s ({len(todo) * len(methods) / seconds:.2f} explanations/s)" \
         if todo and seconds > 0 else ""
+    failed = f"; {store.failed} rows failed (their reasons are in the table and the report)" if store.failed else ""
     print(f"{label} finished: {len(items)} items x {len(methods)} methods in {store.folder} ({len(todo)} new in "
-          f"{seconds:.1f} s{rate})", flush=True)
+          f"{seconds:.1f} s{rate}){failed}", flush=True)
     if count == 1:
         print(f"Report: {write_report(store.folder)}")
     else:

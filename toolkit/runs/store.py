@@ -73,6 +73,7 @@ class RunStore:
         self.manifest_path = folder / "manifest" / f"{shard}.json"
         self.done: dict[str, str] = {}  # "<item id>/<method>" -> part file, every shard's
         self.own: dict[str, str] = {}  # this shard's manifest
+        self.failed = 0  # failed rows committed by this process
         self._reload()
 
     @classmethod
@@ -140,6 +141,7 @@ class RunStore:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write(self.folder / "parts" / name, sink.getvalue().to_pybytes())
+        self.failed += sum(row["status"] != "ok" for row in rows)
         entries = {row["key"]: name for row in rows}
         self.done.update(entries)
         self.own.update(entries)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import InputError
 from ..evaluation.benchmark import ground_truth_metrics
 from ..evaluation.metrics import PerturbationCurve, perturbation_curve
 from ..explainer import Explainer
@@ -107,8 +108,10 @@ class Task(ABC):
 
     def deletion(self, loaded: Loaded, exp: Explanation) -> PerturbationCurve:
         """Patches of the model's view removed most relevant first, the score re-read after each share."""
-        view = np.asarray(exp.image)
-        heatmap = np.asarray(exp.heatmap if exp.heatmap is not None else exp.steps[0].heatmap, dtype=np.float64)
+        if exp.image is None or exp.heatmap is None or np.ndim(exp.heatmap) != 2:
+            raise InputError("the deletion test needs a map over the image's patches or pixels; this explanation has "
+                             "none (set evaluation.perturbation: false)")
+        view, heatmap = np.asarray(exp.image), np.asarray(exp.heatmap, dtype=np.float64)
         if view.shape[0] % heatmap.shape[0] or view.shape[1] % heatmap.shape[1]:
             heatmap = cv2.resize(heatmap, (view.shape[1], view.shape[0]), interpolation=cv2.INTER_NEAREST)
         pixels = torch.from_numpy(view.astype(np.float32)).permute(2, 0, 1)

@@ -70,16 +70,10 @@ class Worker:
         start = time.perf_counter()
         try:
             outcomes = self.task.run(ready, method)
-        except Exception:
+        except Exception as error:  # any failure of one item is recorded, and the run goes on
             if len(ready) == 1:
-                raise
-            rows = []
-            for loaded in ready:
-                try:
-                    rows += self._explained([loaded], method)
-                except Exception as error:  # any failure of one item is recorded, and the run goes on
-                    rows.append(failed_row(loaded.item, method, error))
-            return rows
+                return [failed_row(ready[0].item, method, error)]
+            return [row for loaded in ready for row in self._explained([loaded], method)]
         seconds = (time.perf_counter() - start) / len(ready)
         return [self._row(loaded, method, outcome, seconds) for loaded, outcome in zip(ready, outcomes)]
 
