@@ -242,6 +242,18 @@ def test_text_classification_on_a_csv_with_the_zero_shot_model(tmp_path):
     assert "gripping" in (tmp_path / "out" / rows[0]["html"]).read_text()
 
 
+def test_precision_and_device_are_applied_and_said(tmp_path, capsys):
+    from toolkit.runs.models import load_explainer, resolve_device
+
+    config = load_config(vit_scenes(tmp_path), ["precision=bfloat16", "device=cpu"])
+    explainer = load_explainer(config, resolve_device(config.device))
+    assert {p.dtype for p in explainer.model.parameters()} == {torch.bfloat16}
+    run(vit_scenes(tmp_path, count=1), ["precision=bfloat16", "evaluation.perturbation=false"])
+    expected = "cuda" if torch.cuda.is_available() else "cpu (no CUDA device found)"
+    assert f"device: {expected}" in capsys.readouterr().out
+    assert load_run(tmp_path / "out")[1][0]["status"] == "ok"
+
+
 def test_vit_run_writes_the_table_files_and_report(tmp_path):
     run(vit_scenes(tmp_path, methods=["generic", {"name": "rollout", "options": {"start_layer": 1}, "label": "r1"}]))
     folder = tmp_path / "out"
