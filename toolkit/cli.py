@@ -269,6 +269,29 @@ def benchmark_command(args) -> int:
     return 0
 
 
+def run_command(args) -> int:
+    """A config-driven batch run (toolkit.runs): explain a dataset, resumable, sharded, local or on Ray."""
+    from .runs.config import documentation
+    from .runs.runner import run
+
+    if args.keys:
+        print(documentation())
+        return 0
+    if args.config is None:
+        raise ToolkitError("run needs a config file: python -m toolkit run CONFIG.yaml (see configs/; --keys lists "
+                           "its keys)")
+    mode = "restart" if args.restart else "resume" if args.resume else "auto"
+    run(args.config, args.set or [], args.shard, mode)
+    return 0
+
+
+def report_command(args) -> int:
+    from .runs.report import write_report
+
+    print(f"Wrote {write_report(args.folder)}")
+    return 0
+
+
 def demo_command(args) -> int:
     """The Gradio demo on the built-in models (or a config's), until interrupted."""
     from .demo import load_config, serve
@@ -328,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--models", help="comma-separated, from vit,clip,vilt,captioner (default: all)")
     benchmark.add_argument("--methods", help="comma-separated (default: all; each model gets those it supports)")
     benchmark.add_argument("--seed", type=int, help="seed of the held-out scenes (default 3)")
+    run = commands.add_parser("run", help="a batch run from a YAML config: explain and evaluate a dataset")
+    run.add_argument("config", nargs="?", help="the run's YAML file (examples in configs/)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a value of the config, e.g. --set data.limit=500 --set methods=[generic,rollout]")
+    run.add_argument("--shard", metavar="I/N", help="run the I-th of N shards (1-based) into the same folder")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="insist on resuming a run started before")
+    resume.add_argument("--restart", action="store_true", help="delete the folder's results (even of another "
+                                                                "config) and start over")
+    run.add_argument("--keys", action="store_true", help="list every key of a run config and exit")
+    report = commands.add_parser("report", help="the HTML report of a run folder (every shard merged)")
+    report.add_argument("folder", help="the run's output folder")
     demo = commands.add_parser("demo", help="launch the Gradio demo (offline on the built-in models)")
     demo.add_argument("--config", help="YAML file: the models of each tab (text, image, image_text, vqa, "
                                        "captioning) and serving limits")
@@ -366,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             return explain_command(args)
         if args.command == "benchmark":
             return benchmark_command(args)
+        if args.command == "run":
+            return run_command(args)
+        if args.command == "report":
+            return report_command(args)
         if args.command == "demo":
             return demo_command(args)
         if args.command == "export-space":

@@ -72,17 +72,24 @@ class Case:
 
     def metrics(self) -> dict[str, float]:
         """Every metric of :data:`METRICS`; NaN where it does not apply (no token truth, no positive relevance)."""
-        values = {"mass_accuracy": relevance_mass_accuracy(self.heatmap, self.mask),
-                  "rank_accuracy": relevance_rank_accuracy(self.heatmap, self.mask),
-                  "pointing_game": pointing_game(self.heatmap, self.mask),
-                  "morf_auc": perturbation_auc(self.score, self.pixels, self.heatmap, order="positive"),
-                  "lerf_auc": perturbation_auc(self.score, self.pixels, self.heatmap, order="negative")}
-        has_tokens = self.token_mask is not None and self.token_mask.any()
-        for name, metric in (("token_mass_accuracy", token_relevance_mass_accuracy),
-                             ("token_rank_accuracy", token_relevance_rank_accuracy),
-                             ("token_pointing_game", token_pointing_game)):
-            values[name] = metric(self.token_scores, self.token_mask) if has_tokens else float("nan")
-        return values
+        return {**ground_truth_metrics(self.heatmap, self.mask, self.token_scores, self.token_mask),
+                "morf_auc": perturbation_auc(self.score, self.pixels, self.heatmap, order="positive"),
+                "lerf_auc": perturbation_auc(self.score, self.pixels, self.heatmap, order="negative")}
+
+
+def ground_truth_metrics(heatmap: np.ndarray, mask: np.ndarray, token_scores: np.ndarray | None = None,
+                         token_mask: np.ndarray | None = None) -> dict[str, float]:
+    """Relevance mass, rank accuracy and pointing game of an image map against its mask, and of token scores
+    against their token mask (NaN without token truth or without positive relevance)."""
+    values = {"mass_accuracy": relevance_mass_accuracy(heatmap, mask),
+              "rank_accuracy": relevance_rank_accuracy(heatmap, mask),
+              "pointing_game": pointing_game(heatmap, mask)}
+    has_tokens = token_mask is not None and token_mask.any()
+    for name, metric in (("token_mass_accuracy", token_relevance_mass_accuracy),
+                         ("token_rank_accuracy", token_relevance_rank_accuracy),
+                         ("token_pointing_game", token_pointing_game)):
+        values[name] = metric(token_scores, token_mask) if has_tokens else float("nan")
+    return values
 
 
 @dataclass
