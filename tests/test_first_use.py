@@ -193,10 +193,10 @@ def test_clip_towers_take_their_own_start_layers(scene_clip):
     """start_layer is the image tower's (4 layers), start_layer_text the text tower's (3 layers)."""
     scene = scenes(1, 12)[0]
     text = "a red circle left of a blue square"
-    both = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=3, start_layer_text=2)[0]
-    image_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=3)[0]
-    text_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer_text=2)[0]
-    from_zero = scene_clip.explain(image=scene.image, text=text, method="generic")[0]
+    both = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=3, start_layer_text=2)
+    image_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=3)
+    text_side = scene_clip.explain(image=scene.image, text=text, method="generic", start_layer_text=2)
+    from_zero = scene_clip.explain(image=scene.image, text=text, method="generic")
     np.testing.assert_allclose(both.heatmap, image_side.heatmap, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(image_side.scores, from_zero.scores, rtol=1e-5, atol=1e-7)  # text from layer 0
     np.testing.assert_allclose(both.scores, text_side.scores, rtol=1e-5, atol=1e-7)
@@ -209,7 +209,7 @@ def test_clip_towers_take_their_own_start_layers(scene_clip):
         scene_clip.explain(image=scene.image, text=text, method="generic", start_layer=4)
     with pytest.raises(InputError, match="no start_layer option"):
         scene_clip.explain(image=scene.image, text=text, method="raw_attention", start_layer_text=1)
-    assert scene_clip.explain(image=scene.image, text=text, method="raw_attention")[0].options == {}
+    assert scene_clip.explain(image=scene.image, text=text, method="raw_attention").options == {}
 
 
 def test_vilt_question_side_is_displayable():

@@ -132,8 +132,8 @@ def test_224_like_model_reads_a_photo_tensor_and_refuses_normalised_ones_of_anot
 def test_image_text_models_read_image_tensors_like_arrays(scene_clip):
     photo = torch.rand(3, 375, 500, generator=torch.Generator().manual_seed(2))
     as_array = (photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    from_tensor = no_warning(lambda: scene_clip.explain(image=photo, text="a red circle"))[0]
-    from_array = scene_clip.explain(image=as_array, text="a red circle")[0]
+    from_tensor = no_warning(lambda: scene_clip.explain(image=photo, text="a red circle"))
+    from_array = scene_clip.explain(image=as_array, text="a red circle")
     np.testing.assert_allclose(from_tensor.heatmap, from_array.heatmap, rtol=1e-5, atol=1e-7)
 
 
@@ -144,7 +144,7 @@ def test_clip_text_longer_than_the_text_tower_is_cut_with_the_words_named(scene_
         exps = scene_clip.explain(image=scene, text=["a red circle", SEVENTEEN_WORDS])
     kept = exps[1]
     assert kept.text == kept.label == FOURTEEN_WORDS and len(kept.tokens) == 16
-    alone = no_warning(lambda: scene_clip.explain(image=scene, text=FOURTEEN_WORDS))[0]
+    alone = no_warning(lambda: scene_clip.explain(image=scene, text=FOURTEEN_WORDS))
     assert alone.tokens == kept.tokens and alone.similarity == pytest.approx(kept.similarity, rel=1e-5)
     np.testing.assert_allclose(kept.scores, alone.scores, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(kept.heatmap, alone.heatmap, rtol=1e-5, atol=1e-7)

@@ -168,3 +168,44 @@ def test_rule_methods_reach_vilt_and_clip_and_are_batch_invariant(clip, vilt, me
         np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
     clip_model, clip_processor, image = clip
     assert method in Explainer(clip_model, clip_processor).applicable_methods()
+
+
+def test_integrated_gradients_on_a_clip_tower_match_a_path_integral_by_hand(clip):  # noqa: F811
+    """The text tower's first-layer input x, its baseline x0 (the mean real token), and the similarity's gradient
+    averaged over 400 points of the straight path, by hand: (x - x0) . mean grad, summed per token."""
+    model, processor, image = clip
+    model = copy.deepcopy(model).to(DTYPE)
+    text = "two red birds on a wire"
+    exp = Explainer(model, processor).explain(image=image, text=text, method="integrated_gradients", steps=64)
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(DTYPE)
+    enc = processor.tokenizer([text], return_tensors="pt")
+    first = model.text_model.encoder.layers[0]
+    seen = []
+    handle = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model(**enc, pixel_values=pixels)
+    handle.remove()
+    x = seen[0]
+    x0 = x.mean(dim=1, keepdim=True).expand_as(x)
+    total = torch.zeros_like(x)
+    alphas = (torch.arange(400, dtype=DTYPE) + 0.5) / 400
+    for alpha in alphas:
+        point = (x0 + alpha * (x - x0)).requires_grad_()
+        handle = first.register_forward_pre_hook(lambda module, args: (point, *args[1:]))
+        out = model(**enc, pixel_values=pixels)
+        handle.remove()
+        similarity = (out.image_embeds * out.text_embeds).sum() * model.logit_scale.exp()
+        total += torch.autograd.grad(similarity, point)[0]
+    expected = ((x - x0) * total / len(alphas)).sum(-1)[0]
+    torch.testing.assert_close(torch.from_numpy(exp.scores).to(DTYPE), expected, rtol=1e-3,
+                               atol=1e-3 * float(expected.abs().max()))
+
+
+def test_path_methods_reach_vilt_pair_by_pair(vilt):  # noqa: F811
+    model, processor, images = vilt
+    ex = Explainer(model, processor)
+    for method in ("integrated_gradients", "gradient_x_input"):
+        batched = ex.explain(image=images[1], question=QUESTIONS[:2], method=method)
+        alone = ex.explain(image=images[1], question=QUESTIONS[1], method=method)
+        np.testing.assert_allclose(batched[1].scores, alone.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(batched[1].heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
+        assert np.abs(alone.heatmap).max() > 0

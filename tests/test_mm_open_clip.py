@@ -156,7 +156,7 @@ def test_multihead_attention_returns_nothing_again_afterwards(clip):
 def test_bundled_tokenizer_works_offline_and_names_the_tokens(clip):
     model, processor, image = clip
     assert open_clip.get_tokenizer("ViT-B-32")(["a dog"])[0, :4].tolist() == [49406, 320, 1929, 49407]
-    exp = Explainer(model, processor).explain(image=image, text="a dog", method="generic")[0]
+    exp = Explainer(model, processor).explain(image=image, text="a dog", method="generic")
     assert exp.tokens == ["<start_of_text>", "a", "dog", "<end_of_text>"] and exp.scores.shape == (4,)
     assert exp.heatmap.shape == (4, 4) and exp.heatmap.std() > 0 and exp.scores.std() > 0
     assert exp.image.shape == (32, 32, 3)
@@ -167,7 +167,7 @@ def test_several_images_give_every_pair(clip):
     flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     exps = Explainer(model, processor).explain(image=[image, flipped], text=TEXTS[:2], method="generic")
     assert [(e.text, e.target) for e in exps] == [(TEXTS[0], 0), (TEXTS[1], 1)] * 2
-    alone = Explainer(model, processor).explain(image=flipped, text=TEXTS[1], method="generic")[0]
+    alone = Explainer(model, processor).explain(image=flipped, text=TEXTS[1], method="generic")
     np.testing.assert_allclose(exps[3].heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(exps[3].scores, alone.scores, rtol=1e-4, atol=1e-6)
 
@@ -192,12 +192,12 @@ def test_sequence_first_layout_of_older_open_clip_gives_the_same(clip):
 
 def test_frozen_model_or_callers_no_grad_give_the_same_gradients(clip):
     model, processor, image = clip
-    expected = Explainer(model, processor).explain(image=image, text=TEXTS[1], method="generic")[0]
+    expected = Explainer(model, processor).explain(image=image, text=TEXTS[1], method="generic")
     with torch.no_grad():
-        under_no_grad = Explainer(model, processor).explain(image=image, text=TEXTS[1], method="generic")[0]
+        under_no_grad = Explainer(model, processor).explain(image=image, text=TEXTS[1], method="generic")
     model.requires_grad_(False)
     try:
-        frozen = Explainer(model, processor).explain(image=image, text=TEXTS[1], method="generic")[0]
+        frozen = Explainer(model, processor).explain(image=image, text=TEXTS[1], method="generic")
     finally:
         model.requires_grad_(True)
     for exp in (under_no_grad, frozen):
@@ -218,8 +218,8 @@ def test_loads_by_name_with_random_or_local_weights(clip, tmp_path, suffix):
     loaded = Explainer.from_pretrained(TINY, source="open_clip", pretrained=str(path))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value)
-    ours = Explainer(model, clip[1]).explain(image=image, text="red", method="generic")[0]
-    np.testing.assert_allclose(loaded.explain(image=image, text="red")[0].heatmap, ours.heatmap, rtol=1e-5)
+    ours = Explainer(model, clip[1]).explain(image=image, text="red", method="generic")
+    np.testing.assert_allclose(loaded.explain(image=image, text="red").heatmap, ours.heatmap, rtol=1e-5)
     assert Explainer.from_pretrained(TINY, pretrained=None).adapter.family == "open_clip"  # source guessed
 
 
@@ -262,7 +262,7 @@ def test_refuses_what_it_cannot_do(clip):
 
 def test_overlay_on_the_original_image_follows_the_transforms(clip):
     model, processor, image = clip
-    exp = Explainer(model, processor).explain(image=image, text="a dog", method="generic")[0]
+    exp = Explainer(model, processor).explain(image=image, text="a dog", method="generic")
     # Resize(32) on 40x48: 32x38 (int(32 * 48 / 40)); CenterCrop(32) from y = round(6 / 2) = 3.
     np.testing.assert_allclose(exp.crop_box, [0, 3 * 48 / 38, 40, 35 * 48 / 38], atol=1e-3)
     np.testing.assert_array_equal(exp.original_image, np.asarray(image))
@@ -274,7 +274,7 @@ def test_text_beyond_the_context_is_cut_with_the_words_named(clip):
     kept = "a dog on the grass a dog on the grass a dog near a"
     with pytest.warns(ToolkitWarning, match=r"Text #0 is 18 tokens long but the model reads at most 16: it is cut to "
                                             r"16 and 'tall tree' is left out"):
-        exp = Explainer(model, processor).explain(image=image, text=kept + " tall tree", method="generic")[0]
+        exp = Explainer(model, processor).explain(image=image, text=kept + " tall tree", method="generic")
     assert exp.text == kept and len(exp.tokens) == 16 and exp.tokens[-1] == "<end_of_text>"
     heatmap, text_rel, cosine = reference(model, processor, image, kept, "generic")
     torch.testing.assert_close(torch.from_numpy(exp.scores), text_rel, rtol=1e-4, atol=1e-6)
@@ -284,8 +284,8 @@ def test_text_beyond_the_context_is_cut_with_the_words_named(clip):
 def test_tokenizer_of_another_context_length(clip):
     model, (preprocess, tokenizer), image = clip
     wide = open_clip.get_tokenizer("ViT-B-32")  # 77 tokens; this model reads 16
-    exp = Explainer(model, (preprocess, wide)).explain(image=image, text="a dog", method="generic")[0]
-    same = Explainer(model, (preprocess, tokenizer)).explain(image=image, text="a dog", method="generic")[0]
+    exp = Explainer(model, (preprocess, wide)).explain(image=image, text="a dog", method="generic")
+    same = Explainer(model, (preprocess, tokenizer)).explain(image=image, text="a dog", method="generic")
     np.testing.assert_allclose(exp.scores, same.scores, rtol=1e-5, atol=1e-7)
     with pytest.raises(InputError, match="gives 77 tokens per text but this model reads 16"):
         Explainer(model, (preprocess, lambda texts: wide(texts))).explain(image=image, text="a dog")

@@ -17,7 +17,6 @@ from . import loading
 from .adapters import Batch, FamilySource, ModelAdapter, adapter_for
 from .core import engine
 from .core.propagation import one_hot
-from .core.rerun import rerun_from
 from .errors import InputError, UnsupportedModelError, warn
 from .explanation import Explanation
 from .images import image_items
@@ -235,11 +234,9 @@ class Explainer:
         result = engine.run_pass(self.model, engine.sites_of(spec, "main"), forward, method, streams={"main": spec},
                                  tokens={"main": batch.token_mask.shape[1]}, lrp=lrp_start if method.needs_lrp else None,
                                  record=self.adapter.input_modules() if method.needs_input_relevance else (),
-                                 inputs={"main": self.adapter.input_modules()})
-        if method.reruns_model:
-            result.targets = chosen["targets"]
-            result.rerun = rerun_from(spec.layers[0].block, lambda times: self.adapter.logits(_repeated(batch, times)),
-                                      len(batch))
+                                 inputs={"main": self.adapter.input_modules()},
+                                 rerun=lambda times: self.adapter.logits(_repeated(batch, times)))
+        result.targets = chosen["targets"]
         if method.needs_input_relevance:
             result.input_relevance["main"] = self.adapter.input_relevance(result.recorder, result.first_layer["main"],
                                                                           batch)

@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import engine
-from ..core.rerun import rerun_from
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
@@ -216,10 +215,9 @@ class CausalLMAdapter(DeclaredAdapter):
 
         spec = self.spec
         result = engine.run_pass(self.model, engine.sites_of(spec, "text"), forward, method, streams={"text": spec},
-                                 tokens={"text": length})
-        if method.reruns_model:
-            result.targets, result.rerun = chosen["targets"], rerun_from(spec.layers[0].block, lambda times: rows_of(
-                self._logits(steps, times), steps.rows.repeat(times)).float().log_softmax(-1), len(steps))
+                                 tokens={"text": length}, rerun=lambda times: rows_of(
+                                     self._logits(steps, times), steps.rows.repeat(times)).float().log_softmax(-1))
+        result.targets = chosen["targets"]
         reading = engine.Reading("text", "text", spec.readout_weights(visible, content, rows=steps.rows), visible,
                                  content)
         with torch.no_grad():

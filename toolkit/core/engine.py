@@ -20,6 +20,7 @@ from .capture import AttentionExtractor, Recorder
 from .explicit_attention import explicit_attention
 from .lrp import working
 from .propagation import lrp_through_layers
+from .rerun import rerun_from
 from .spec import ModelSpec
 from .trace import Network, Trace
 
@@ -67,7 +68,8 @@ class Pass:
     (``first_layer`` (B, N, D); ``input_relevance`` per token, which a task may map further, e.g. to pixels).
     ``input_gradients``: (value, gradient) at each start of the graph, by module (the LRP rules' methods);
     ``starts``: per stream, the modules whose inputs start its graph, outermost first (pixels, then the first
-    layer); ``rerun``: the task's forward from other first-layer inputs (the path methods)."""
+    layer); ``rerun``: per stream, the task's forward from other inputs of the stream's first layer (the path
+    methods); ``targets`` the outputs they explain (B,)."""
 
     sites: list[Site]
     outputs: Any
@@ -81,7 +83,7 @@ class Pass:
     input_gradients: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     starts: dict[str, list[nn.Module]] = field(default_factory=dict)
     targets: torch.Tensor | None = None
-    rerun: Callable[[torch.Tensor], torch.Tensor] | None = None
+    rerun: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
 
 
 def takes_backward(method) -> bool:
@@ -92,7 +94,8 @@ def takes_backward(method) -> bool:
 def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[Any, torch.Tensor]], method, *,
              streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
              lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = (),
-             inputs: dict[str, list[nn.Module]] | None = None) -> Pass:
+             inputs: dict[str, list[nn.Module]] | None = None,
+             rerun: Callable[[int], torch.Tensor] | None = None) -> Pass:
     """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take one backward pass from the
     objective's sum where the method needs it: to every attention map (``needs_gradients``), and under the method's
     LRP rules (``rules``, applied for the pass and undone after) to every start of the graph.
@@ -101,7 +104,9 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     that name the declaration. ``lrp(pass)`` -> the starts of the streams the CVPR 2021 LRP runs through (their specs
     record what the rules read); ``record``: further modules whose calls the task reads afterwards (``pass.recorder``);
     ``inputs``: per stream, modules before its first layer where the rules' graph starts too (the pixels' patch
-    embedding). Hooks are released and the attention implementation restored on exit, also when something raised.
+    embedding); ``rerun(R)``: the task's outputs (R*B, C) for its inputs repeated R times, which the path methods
+    run again with other inputs of a stream's first layer. Hooks are released and the attention implementation
+    restored on exit, also when something raised.
     """
     streams, tokens = streams or {}, tokens or {}
     lrp_streams = streams if lrp is not None else {}
@@ -135,6 +140,9 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
             result = Pass(sites, outputs, objective, [c.probs for c in calls], recorder=rec, starts=starts)
             if takes_backward(method):
                 _backward(method, rec, objective, calls, result)
+    if method.reruns_model and rerun is not None:
+        result.rerun = {name: rerun_from(spec.layers[0].block, rerun, objective.shape[0])
+                        for name, spec in streams.items()}
     if lrp is not None:
         for name, start in lrp(result).items():
             indices = [i for i, site in enumerate(sites) if site.query == name and site.is_self]
@@ -216,7 +224,7 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
         indices = [i for i in query_sites if result.sites[i].is_self]
         content = reading.stream_content if how == "linked" else reading.content
     grads = None if result.grads is None else [result.grads[i].float() for i in indices]
-    starts = result.starts.get(reading.query, [])
+    starts = result.starts.get(reading.key, [])  # input x gradient and paths are read at the key stream's input
     trace = Trace(probs=[result.probs[i].float() for i in indices], grads=grads, readout=reading.readout,
                   token_mask=reading.tokens, content_mask=content,
                   attention_relevance=result.attention_relevance.get(reading.query),
@@ -224,7 +232,7 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
                   input_gradients=[result.input_gradients[id(module)] for module in starts
                                    if id(module) in result.input_gradients] or None)
     if method.reruns_model and starts:
-        trace.targets, trace.rerun = result.targets, result.rerun
+        trace.targets, trace.rerun = result.targets, result.rerun[reading.key]
         trace.layer_input = result.recorder.call(starts[-1]).input
     if how == "network":
         trace.network = Network(sites=[(s.query, s.key, s.together) for s in result.sites],

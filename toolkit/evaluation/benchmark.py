@@ -201,7 +201,7 @@ class CLIPTask(BenchmarkTask):
         cases = []
         for scene, pixels in _each_scene(scenes, method):
             caption = scene.captions[0]
-            exp = self.explainer.explain(image=scene.image, text=caption, method=method)[0]
+            exp = self.explainer.explain(image=scene.image, text=caption, method=method)
             subject, reference = caption_objects(scene, caption)
             words = (subject.colour, subject.shape, reference.colour, reference.shape)
             enc = tokenizer([caption], return_tensors="pt")

@@ -56,6 +56,7 @@ class MultimodalAdapter(ABC):
     pairing: ClassVar[str] = "grid"
     per_pair: ClassVar[tuple[str, ...]] = ()
     numbered: ClassVar[bool] = False  # explain() takes first_index: explanations and messages number the images
+    reruns: ClassVar[bool] = False  # the task runs the model again from other first-layer inputs (path methods)
 
     def __init__(self, model: nn.Module, processor: Any = None, declaration: Family | None = None):
         """``declaration``: the family's entry in families.yaml (or a user's), whose streams give the sites;
@@ -189,9 +190,9 @@ class MultimodalAdapter(ABC):
                         + (f"it propagates relevance within one stream, and the {query} tokens also attend to other "
                            "streams through cross-attention, which it has no rule for"
                            if method.reads == "stream" else f"no attention runs from the {query} to the {key} tokens"))
-            if method.reruns_model:
+            if method.reruns_model and not (self.reruns and how == "stream"):
                 return (f"Method {method.name!r} cannot explain {self.family} models yet: it runs the model again from "
-                        "the first layer's input along a path, which the image-text tasks do not offer")
+                        "a stream's first-layer input, which this task does not offer")
             if method.rules is not None:
                 if how != "stream" or query not in streams:
                     return (f"Method {method.name!r} cannot explain {self.family} models: its LRP rules are applied "
@@ -227,12 +228,14 @@ class MultimodalAdapter(ABC):
         return [to_rgb(im, i) for i, im in enumerate(image_items(image))]
 
     def run(self, method: Method, forward: Callable[[], tuple[Any, torch.Tensor]], tokens: dict[str, int] | None = None,
-            lrp: Callable[[engine.Pass], dict[str, engine.LRPStart]] | None = None) -> engine.Pass:
-        """One forward (and at most one backward, and LRP where the method needs it) through the shared engine."""
+            lrp: Callable[[engine.Pass], dict[str, engine.LRPStart]] | None = None,
+            rerun: Callable[[int], torch.Tensor] | None = None) -> engine.Pass:
+        """One forward (and at most one backward, and LRP where the method needs it) through the shared engine;
+        ``rerun(R)``: the outputs explained (R*B, C) for the inputs repeated R times (the path methods)."""
         streams = self.streams()
         return engine.run_pass(self.model, self.sites(), forward, method, streams=streams,
                                tokens={name: count for name, count in (tokens or {}).items() if name in streams},
-                               lrp=lrp if method.needs_lrp else None)
+                               lrp=lrp if method.needs_lrp else None, rerun=rerun)
 
     def relevance(self, method: Method, result: engine.Pass, query: str, key: str, rows: torch.Tensor,
                   tokens: torch.Tensor, content: torch.Tensor, **reading: Any) -> torch.Tensor:

@@ -22,6 +22,11 @@ def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
     return [(i, t) for i in range(len(images)) for t in range(len(texts))]
 
 
+def one_pair(image: Any, text: Any) -> bool:
+    """Whether a call names one image and one text, and so gives one Explanation (not a list)."""
+    return isinstance(text, str) and MultimodalAdapter._count(image, 4) == 1 and not isinstance(image, (list, tuple))
+
+
 def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, image: Any,
                       text: Any) -> tuple[list, list[str], list[tuple[int, int]]]:
     """The checks every CLIP family makes; returns (images, texts, pairs)."""
@@ -140,7 +145,7 @@ class HFCLIPAdapter(MultimodalAdapter):
     examples = "Hugging Face CLIPModel (openai/clip-vit-*)"
     model_types = ("clip",)
     readings = (("image", "image", False), ("text", "text", False))
-    text_keyword = "text"
+    text_keyword, reruns = "text", True
 
     @classmethod
     def load(cls, name: str, **kwargs):
@@ -181,8 +186,14 @@ class HFCLIPAdapter(MultimodalAdapter):
                 return out, (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp()
             return out, held_norm_similarity(self.model, out)
 
+        def rerun(times: int) -> torch.Tensor:
+            out = self.model(input_ids=enc["input_ids"].repeat(times, 1), pixel_values=pixels.repeat(times, 1, 1, 1),
+                             attention_mask=enc["attention_mask"].repeat(times, 1))
+            return ((out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp())[:, None]
+
         eot = self._eot_positions(enc["input_ids"])
-        captured = self.run(method, run, lrp=tower_lrp(self, method, text_method, eot))
+        captured = self.run(method, run, lrp=tower_lrp(self, method, text_method, eot), rerun=rerun)
+        captured.targets = torch.zeros(len(pairs), dtype=torch.long, device=self.device)
         image_rel = class_token_relevance(self, method, captured, len(pairs))
         text_mask = enc["attention_mask"].bool()
         special = special_or_readout(special_tokens(processor.tokenizer, enc["input_ids"]), eot)
@@ -196,6 +207,7 @@ class HFCLIPAdapter(MultimodalAdapter):
         side = int(round((image_rel.shape[-1] - 1) ** 0.5))
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
-        return similarity_explanations(self, method, images, read, pairs, image_rel, text_rel, tokens, text_mask,
-                                       special, captured.objective, logit, (side, side), 1, shown,
-                                       processor.image_processor, options, words)
+        explanations = similarity_explanations(self, method, images, read, pairs, image_rel, text_rel, tokens,
+                                               text_mask, special, captured.objective, logit, (side, side), 1, shown,
+                                               processor.image_processor, options, words)
+        return explanations[0] if one_pair(image, text) else explanations

@@ -127,9 +127,9 @@ class LxmertVQAAdapter(MultimodalAdapter):
                       Site(layer.visn_self_att.self, second_output, "image", "image")]
         return sites
 
-    def run(self, method: Method, forward, tokens=None, lrp=None) -> Pass:
+    def run(self, method: Method, forward, tokens=None, lrp=None, rerun=None) -> Pass:
         with returning_attention(site.module for site in self.sites()):
-            return super().run(method, forward, tokens, lrp)
+            return super().run(method, forward, tokens, lrp, rerun)
 
     def explain(self, method: Method, target: Any, question: Any = None, visual_feats: Any = None,
                 visual_pos: Any = None, image: Any = None, **unknown) -> Explanation | list[Explanation]:

@@ -19,7 +19,7 @@ from ..methods import Method
 from ..text import read_texts, warn_cut
 from ..core.engine import Pass
 from .base import MultimodalAdapter, Site, reject_unknown
-from .clip import (class_token_relevance, shown_images, similarity_explanations, similarity_inputs,
+from .clip import (class_token_relevance, one_pair, shown_images, similarity_explanations, similarity_inputs,
                    text_side_method)
 
 _PROCESSOR_HINT = ("pass open_clip's (preprocess, tokenizer) pair: model, _, preprocess = "
@@ -183,6 +183,8 @@ class OpenCLIPAdapter(MultimodalAdapter):
                   zip(ids.tolist(), eot.tolist())]
         normalise = next((t for t in getattr(preprocess, "transforms", []) if type(t).__name__ == "Normalize"), None)
         mean, std = (normalise.mean, normalise.std) if normalise is not None else (0.0, 1.0)
-        return similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens, text_mask,
-                                       special, captured.objective, captured.outputs, self.model.visual.grid_size, 1,
-                                       shown_images(pixels, pairs, mean, std), preprocess, options)
+        explanations = similarity_explanations(self, method, images, texts, pairs, image_rel, text_rel, tokens,
+                                               text_mask, special, captured.objective, captured.outputs,
+                                               self.model.visual.grid_size, 1, shown_images(pixels, pairs, mean, std),
+                                               preprocess, options)
+        return explanations[0] if one_pair(image, text) else explanations

@@ -13,8 +13,8 @@ import torch
 
 from ..methods import Method
 from ..text import encoded_words, read_texts, unknown_token_mask
-from .clip import (HFCLIPAdapter, shown_images, similarity_explanations, similarity_inputs, special_or_readout,
-                   special_tokens, text_side_method)
+from .clip import (HFCLIPAdapter, one_pair, shown_images, similarity_explanations, similarity_inputs,
+                   special_or_readout, special_tokens, text_side_method)
 from .base import reject_unknown
 
 
@@ -22,6 +22,7 @@ class SiglipAdapter(HFCLIPAdapter):
     family = "siglip"
     examples = "Hugging Face SiglipModel (google/siglip-base-patch16-224, ...)"
     model_types = ("siglip",)
+    reruns = False
 
     @classmethod
     def load(cls, name: str, **kwargs):
@@ -75,6 +76,7 @@ class SiglipAdapter(HFCLIPAdapter):
         side = int(round(image_tokens ** 0.5))
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
-        return similarity_explanations(self, method, images, read, pairs, image_rel, text_rel, tokens, text_mask,
-                                       special, captured.objective, logit, (side, side), 0, shown,
-                                       processor.image_processor, options, words, probability=torch.sigmoid)
+        explanations = similarity_explanations(self, method, images, read, pairs, image_rel, text_rel, tokens,
+                                               text_mask, special, captured.objective, logit, (side, side), 0, shown,
+                                               processor.image_processor, options, words, probability=torch.sigmoid)
+        return explanations[0] if one_pair(image, text) else explanations

@@ -94,7 +94,7 @@ class ViltVQAAdapter(MultimodalAdapter):
     examples = "Hugging Face ViltForQuestionAnswering (dandelin/vilt-b32-finetuned-vqa)"
     model_types = ("vilt",)
     readings = (("joint", "joint", False),)
-    text_keyword, pairing = "question", "zip"
+    text_keyword, pairing, reruns = "question", "zip", True
 
     @classmethod
     def load(cls, name: str, **kwargs):
@@ -149,7 +149,13 @@ class ViltVQAAdapter(MultimodalAdapter):
             return {"joint": engine.LRPStart(one_hot(chosen_answers(targets, logits), logits.shape[-1]), rows,
                                              method.lowest_lrp_layer(len(spec.layers)))}
 
-        captured = self.run(method, run, lrp=lrp_start)
+        def rerun(times: int) -> torch.Tensor:
+            return self.model(input_ids=enc["input_ids"].repeat(times, 1),
+                              attention_mask=enc["attention_mask"].repeat(times, 1),
+                              image_embeds=image_embeds.repeat(times, 1, 1), pixel_mask=image_mask.repeat(times, 1)).logits
+
+        captured = self.run(method, run, lrp=lrp_start, rerun=rerun)
+        captured.targets = chosen_answers(targets, captured.outputs.logits)
         answers = chosen_answers(targets, captured.outputs.logits).tolist()
         text_mask, image_mask = enc["attention_mask"].bool(), image_mask.bool()
         patches = image_mask.clone()
