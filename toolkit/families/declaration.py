@@ -27,7 +27,8 @@ from . import quirks
 KEYS = {
     "name": "the family's name (defaults to the entry's key or the file's name)",
     "description": "what the family covers, shown in lists of supported families",
-    "match": "which models the entry explains: model_type, class (patterns), config values",
+    "match": "which models the entry explains: model_type, class (patterns), config values (a dotted key reads a "
+             "sub-config, a list accepts any of its values)",
     "inputs": "text, image, text-generation (a causal language model: every explained token read at the position "
               "before it), or image-text (streams of layers that attend to each other; see task and streams)",
     "task": "image-text families: the task that prepares inputs, runs the model and builds the explanations "
@@ -257,8 +258,8 @@ class Family:
         types = _listed(match.get("model_type"))
         if types and model_type not in types:
             return None
-        for key, value in match.get("config", {}).items():
-            if getattr(config, key, MISSING) != value:
+        for key, value in match.get("config", {}).items():  # a dotted key reads a sub-config; a list: any of
+            if walk(config, key) not in (value if isinstance(value, list) else [value]):
                 return None
         patterns = _listed(match.get("class"))
         if not patterns or (layout_only and types):

@@ -1,27 +1,11 @@
 """Hugging Face VisionEncoderDecoderModel (ViT-GPT2, ViT-BERT): a ViT or DeiT image encoder and a GPT-2 or
-BERT-layout causal text decoder whose layers cross-attend to the encoder's output."""
+BERT-layout causal text decoder whose layers cross-attend to the encoder's output. Its streams are declared in
+families.yaml (one entry per decoder layout, matched by the sub-configs' model types); this is the task."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from ..errors import UnsupportedModelError
-from .base import Site, second_output
 from .captioning import CaptioningAdapter, ImageTextProcessor, id_set
-
-ENCODER_TYPES = ("vit", "deit")  # layers[i].attention over one sequence: prefix tokens, then the patch grid
-
-
-def decoder_layers(decoder: nn.Module) -> list[nn.Module]:
-    """The decoder's layers that cross-attend (GPT-2's h, BERT / RoBERTa's encoder.layer): each has ``attn`` (GPT-2)
-    or ``attention`` (BERT) and ``crossattention``, modules that return (output, probabilities)."""
-    for module in decoder.modules():
-        if isinstance(module, nn.ModuleList) and len(module) and all(
-                hasattr(layer, "crossattention") and (hasattr(layer, "attn") or hasattr(layer, "attention"))
-                for layer in module):
-            return list(module)
-    raise UnsupportedModelError(f"{type(decoder).__name__} is not a decoder the toolkit reads: it expects GPT-2 or "
-                                "BERT-layout layers with cross-attention (add_cross_attention=True).")
 
 
 class VisionEncoderDecoderAdapter(CaptioningAdapter):
@@ -32,30 +16,11 @@ class VisionEncoderDecoderAdapter(CaptioningAdapter):
     model_types = ("vision-encoder-decoder",)
 
     @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "VisionEncoderDecoderModel"
-
-    @classmethod
     def load(cls, name: str, **kwargs):
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
         model = VisionEncoderDecoderModel.from_pretrained(name, attn_implementation="eager", **kwargs)
         return model, ImageTextProcessor(AutoImageProcessor.from_pretrained(name), AutoTokenizer.from_pretrained(name))
-
-    def sites(self) -> list[Site]:
-        encoder_type = self.model.config.encoder.model_type
-        if encoder_type not in ENCODER_TYPES:
-            raise UnsupportedModelError(
-                f"VisionEncoderDecoder with a {encoder_type!r} encoder is not supported: the toolkit reads "
-                f"encoders with one token sequence ({', '.join(ENCODER_TYPES)}).")
-        encoder = [Site(layer.attention, second_output, "image", "image")
-                   for layer in self.model.encoder.layers]
-        decoder = []
-        for layer in decoder_layers(self.model.decoder):
-            self_attention = layer.attn if hasattr(layer, "attn") else layer.attention
-            decoder += [Site(self_attention, second_output, "text", "text"),
-                        Site(layer.crossattention, second_output, "text", "image")]
-        return encoder + decoder
 
     def patch_size(self) -> int:
         return self.model.config.encoder.patch_size
