@@ -89,8 +89,7 @@ class QueryKeyLayout:
     key: str  # key projection; the same attribute when q, k, v come out of one fused projection
 
 
-QUERY_KEY_LAYOUTS: dict[str, QueryKeyLayout] = {
-    "gpt2": QueryKeyLayout({"self": r"h\.(\d+)\.attn"}, "c_attn", "c_attn"),
+QUERY_KEY_LAYOUTS: dict[str, QueryKeyLayout] = {  # encoder-decoder text models, which no family declares
     "t5": QueryKeyLayout(
         {
             "encoder": r"encoder\.block\.(\d+)\.layer\.0\.SelfAttention",
@@ -201,13 +200,14 @@ def _query_key_parts(model: nn.Module) -> dict[str, list[tuple[nn.Module, dict[s
     """Per stack, each layer's attention module and its query/key projections: from the model's family
     declaration, else from QUERY_KEY_LAYOUTS by model type."""
     layout = families.layout_for(model)
-    declared = layout.query_key() if layout is not None and layout.family.inputs == "text" else None
+    declared = layout.query_key() if layout is not None and layout.family.inputs in ("text", "text-generation") else None
     if declared is not None:
         return {"self": declared}
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     table = QUERY_KEY_LAYOUTS.get(model_type)
     if table is None:
-        declared = ", ".join(family.name for family in families.all_families() if family.inputs == "text")
+        declared = ", ".join(family.name for family in families.all_families()
+                             if family.inputs in ("text", "text-generation"))
         raise UnsupportedModelError(
             f"The neuron view knows where queries and keys live for the text families ({declared}) and the model "
             f"types {', '.join(sorted(QUERY_KEY_LAYOUTS))}, not for model type {model_type!r}. Head and model views "
