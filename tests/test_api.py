@@ -42,7 +42,8 @@ def image_explainer():
 def test_list_methods_has_every_method():
     assert set(toolkit.list_methods()) == {"raw_attention", "rollout", "attention_gradcam", "generic",
                                            "transformer_attribution", "lrp", "partial_lrp", "attnlrp", "cp_lrp",
-                                           "integrated_gradients", "gradient_x_input"}
+                                           "integrated_gradients", "gradient_x_input", "generic_attnlrp",
+                                           "attnlrp_routed"}
 
 
 def test_unknown_method_suggests_closest(text_explainer):

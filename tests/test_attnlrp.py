@@ -495,3 +495,27 @@ def test_language_model_integrated_gradients_is_complete(name):
             handle.remove()
         change = step.log_prob - float(base)
         assert float(np.sum(step.text_scores)) == pytest.approx(change, abs=1e-3 * abs(change) + 1e-5), (name, t)
+
+
+# --- our own methods on the AttnLRP backward pass (issue 13, "go beyond") -----------------------------------------------
+@pytest.mark.parametrize("case_name", ["bert", "distilbert", "hf_vit", "timm_vit"])
+def test_generic_attnlrp_is_generic_on_the_attnlrp_gradients(fresh_cases, case_name):
+    """generic_attnlrp = the ICCV 2021 propagation (the generic reference) of the gradients that the reference's own
+    forward pass gives under the AttnLRP rules; attnlrp_routed = attnlrp's tokens times that row over its maximum."""
+    from references import ref_generic
+
+    case = fresh_cases[case_name]
+    spec = Explainer(case.reference, case.processor, family=case.family_file).adapter.spec
+    with ATTNLRP.applied(case.reference, spec):
+        runs = [case.run(i) for i in range(len(case))]
+    inputs = case.inputs if case.modality == "image" else list(case.inputs)
+    explainer = case.explainer()
+    ours = explainer.explain(inputs, method="generic_attnlrp")
+    for i, (exp, p) in enumerate(zip(ours, runs)):
+        assert_scores(exp.scores, ref_generic(p, None, 0), f"{case_name}[{i}] generic_attnlrp")
+    if case.modality == "text":
+        plain = explainer.explain(inputs, method="attnlrp")
+        routed = explainer.explain(inputs, method="attnlrp_routed")
+        for exp, base, route in zip(routed, plain, ours):
+            gate = np.clip(route.scores, 0, None) / np.clip(route.scores, 0, None).max()
+            np.testing.assert_allclose(exp.scores, base.scores * gate, rtol=1e-5, atol=1e-7)

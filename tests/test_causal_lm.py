@@ -155,8 +155,8 @@ def test_hooks_released_and_attention_restored_also_on_error(name, tokenizer):
 
 def test_lrp_refused_with_the_declared_reason(tokenizer):
     explainer = Explainer(make("llama"), tokenizer)
-    assert explainer.applicable_methods() == sorted(METHODS + ["attnlrp", "cp_lrp", "gradient_x_input",
-                                                               "integrated_gradients"])
+    assert explainer.applicable_methods() == sorted(METHODS + ["attnlrp", "attnlrp_routed", "cp_lrp", "generic_attnlrp",
+                                                               "gradient_x_input", "integrated_gradients"])
     for method in ("lrp", "partial_lrp", "transformer_attribution"):
         with pytest.raises(UnsupportedModelError, match="RMSNorm.*gated MLP.*rotary"):
             explainer.explain(PROMPTS[0], method=method)

@@ -302,7 +302,8 @@ def test_lrp_methods_match_references(new_cases_float64, name):
 def test_only_lrp_methods_are_refused_where_the_rules_cannot_pass(new_cases, name):
     case = new_cases[name]
     explainer = case.explainer()
-    input_methods = ["attnlrp", "cp_lrp", "gradient_x_input", "integrated_gradients"]  # no CVPR 2021 rule needed
+    input_methods = ["attnlrp", "attnlrp_routed", "cp_lrp", "generic_attnlrp", "gradient_x_input",
+                     "integrated_gradients"]  # no CVPR 2021 rule needed
     assert sorted(explainer.applicable_methods()) == sorted(ATTENTION_METHODS + input_methods)
     for method in LRP_METHODS:
         with pytest.raises(UnsupportedModelError, match=f"{CASES[name]}.*Methods that apply: "):

@@ -351,3 +351,15 @@ def test_the_image_shown_is_the_one_given_whatever_the_normalisation(options):
     image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
     exp = Explainer(model, ViTImageProcessor(size={"height": 32, "width": 32}, **options)).explain(image, method="generic")
     assert np.abs(exp.image.astype(int) - image.astype(int)).max() <= 1
+
+
+def test_auto_is_each_models_measured_default(tiny_bert, scene_clip, tmp_path):
+    from toolkit.cli import main
+
+    bert = Explainer(*tiny_bert)
+    auto = bert.explain("a fine film", method="auto")
+    assert auto.method == bert.default_method
+    np.testing.assert_allclose(auto.scores, bert.explain("a fine film", method=bert.default_method).scores)
+    assert scene_clip.explain(image=np.zeros((64, 64, 3), np.uint8), text="a red circle").method == "generic"
+    assert main(["explain", "--text", "a fine film", "--method", "auto", "--out", str(tmp_path)]) == 0
+    assert list(tmp_path.glob("*.npz"))

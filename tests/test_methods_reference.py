@@ -34,7 +34,7 @@ def explain_all(case, method: str, targets, start_layer: int = 0):
 # --- 1. each attention method against its reference ---------------------------------------------
 def test_every_method_is_registered():
     assert sorted(list_methods()) == sorted(ALL_METHODS + ["attnlrp", "cp_lrp", "gradient_x_input",
-                                                           "integrated_gradients"])
+                                                           "integrated_gradients", "generic_attnlrp", "attnlrp_routed"])
 
 
 @pytest.mark.parametrize("target_mode", ["predicted", "other"])

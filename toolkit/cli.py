@@ -97,7 +97,7 @@ def explain_command(args) -> int:
     if isinstance(explainer.adapter, MultimodalAdapter):
         return explain_image_text(explainer, args, out)
     _check_classifier_inputs(explainer, args)
-    method = args.method or explainer.default_method
+    method = explainer.default_method if args.method == "auto" else args.method
     target = args.target  # a label (or answer) name, or digits: the library tells them apart
     explanations = explainer.explain(list(inputs), method=method, target=target, start_layer=args.start_layer,
                                      batch_size=args.batch_size)
@@ -328,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--caption", action="append", help="with --image: the caption a captioner explains "
                                                              "(one for all images, or one per image; default: "
                                                              "the caption it generates)")
-    explain.add_argument("--method", choices=list_methods(),
-                         help="default: the model's own (transformer_attribution where LRP applies, else generic)")
+    explain.add_argument("--method", choices=["auto", *list_methods()], default="auto",
+                         help="default: auto, the model's own (the measured best that applies to it)")
     explain.add_argument("--target", help="class index or label name, or a VQA answer (default: the predicted one)")
     explain.add_argument("--labels", help="zero-shot labels: 'positive=I loved it;negative=I hated it'")
     explain.add_argument("--start-layer", type=int, default=0, help="first layer of the propagation (CLIP: of the "

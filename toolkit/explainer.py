@@ -27,6 +27,7 @@ from .multimodal import MultimodalAdapter
 
 Target = int | str | None
 DEFAULT_PREFERENCE = ("transformer_attribution", "generic")  # the first that applies is a model's default
+AUTO = "auto"  # method="auto": the model's default, chosen from the faithfulness measurements (README)
 
 
 class Explainer:
@@ -133,7 +134,7 @@ class Explainer:
         """Explain one input (returns an Explanation) or several (returns a list), ``batch_size`` per pass.
 
         ``target``: a class index or label name, ``None`` for the predicted class, or one per input.
-        ``method`` defaults to :attr:`default_method`, one that applies to this model. Keywords that name
+        ``method`` defaults to ``"auto"``: :attr:`default_method`, the measured best that applies to this model. Keywords that name
         one of the method's options (``keep_identity=True``) go to the method. Image-text models take
         keywords instead of ``inputs``: ``image=``, ``text=`` (CLIP, with ``start_layer_text=``),
         ``question=`` (VQA), ``caption=`` (captioning). Language models take prompts: ``target`` is the next
@@ -150,7 +151,7 @@ class Explainer:
 
     def _explain(self, inputs: Any, method: str | None, target: Any, text_pair: Any, start_layer: int,
                  batch_size: int, progress: bool | None, keywords: dict[str, Any]) -> Explanation | list[Explanation]:
-        name = method or self.default_method
+        name = self.default_method if method in (None, AUTO) else method
         method_cls = get_method(name)
         refusal = self.method_refusal(name)
         if refusal is not None:

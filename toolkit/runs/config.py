@@ -80,11 +80,12 @@ class MethodConfig(Schema):
 
     @model_validator(mode="after")
     def _known(self) -> "MethodConfig":
-        if self.name not in list_methods():
-            close = difflib.get_close_matches(self.name, list_methods(), n=1)
+        known = ["auto", *list_methods()]  # auto: each model's default (Explainer.default_method)
+        if self.name not in known:
+            close = difflib.get_close_matches(self.name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"unknown method {self.name!r}; {hint}methods: {', '.join(list_methods())}")
-        valid = [*get_method(self.name).option_names(), *EXPLAIN_OPTIONS]
+            raise ValueError(f"unknown method {self.name!r}; {hint}methods: {', '.join(known)}")
+        valid = [*(get_method(self.name).option_names() if self.name != "auto" else []), *EXPLAIN_OPTIONS]
         for option in self.options:
             if option not in valid:
                 close = difflib.get_close_matches(option, valid, n=1)
