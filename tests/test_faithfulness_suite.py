@@ -118,6 +118,8 @@ def test_suite_prints_one_table_with_costs(tmp_path, capsys):
 
 
 def test_sentence_similarity_evaluates_both_sides():
-    evaluation = similarity_evaluation(["raw_attention"], 1, metrics=("morf_auc", "comprehensiveness"))
+    evaluation = similarity_evaluation(["raw_attention"], 1, metrics=("morf_auc", "lerf_auc", "comprehensiveness"))
     assert [row["item"] for row in evaluation.rows] == [0, 1]
     assert all(np.isfinite(row["comprehensiveness"]) for row in evaluation.rows)
+    # one logit: the cosine is tracked (its softmax probability would be 1 whatever is deleted)
+    assert all(row["morf_auc"] != row["lerf_auc"] for row in evaluation.rows)

@@ -4,7 +4,8 @@ Every explained decision becomes a :class:`Probe`: its units (the tokens of a te
 image; for CLIP and VQA the image side, the text fixed; for captions and language models one probe per explained
 token, with the same earlier tokens), their relevance, and the score the model gives a perturbed copy:
 
-- text and image classifiers (zero-shot labels, sentence similarity): the explained class's probability;
+- text and image classifiers (zero-shot labels): the explained class's probability; a one-logit model (sentence
+  similarity) its logit (the cosine);
 - CLIP / SigLIP: the cosine similarity of the pair; ViLT: the answer's probability (its head's sigmoid);
 - captioners and language models: the log-probability of the explained token after the same earlier tokens.
 
@@ -153,15 +154,16 @@ class Scorer:
 
 
 class ClassifierScorer(Scorer):
-    """The explained class's probability (text and image classifiers)."""
+    """The explained class's probability (text and image classifiers); for a model with one logit, whose
+    probability is always 1, the logit itself (sentence similarity: the cosine)."""
 
     def scores(self, rows, targets):
         from ..adapters import Batch
 
         inputs = self.tokens(rows) if "input_ids" in rows[0].tensors else {"pixel_values": self.stacked(rows, "pixel_values")}
         empty = torch.zeros(len(rows), 0, dtype=torch.bool)
-        logits = self.adapter.logits(Batch(inputs, empty, empty))
-        return logits.float().softmax(-1).gather(1, targets[:, None])[:, 0]
+        logits = self.adapter.logits(Batch(inputs, empty, empty)).float()
+        return (logits if logits.shape[-1] == 1 else logits.softmax(-1)).gather(1, targets[:, None])[:, 0]
 
 
 class SimilarityScorer(Scorer):
@@ -616,8 +618,14 @@ class Evaluation:
         return table
 
     def compare(self, method_a: str, method_b: str, metrics: Sequence[str] | None = None) -> list[Comparison]:
+        """:func:`compare` on every metric (default: the evaluation's) both methods have finite values of."""
         return [compare(self, method_a, method_b, metric) for metric in (metrics or self.metrics)
-                if self.values(method_a, metric) and self.values(method_b, metric)]
+                if self.paired(method_a, method_b, metric).size]
+
+    def paired(self, method_a: str, method_b: str, metric: str) -> np.ndarray:
+        """The differences a - b of ``metric`` on the decisions where both are finite."""
+        a, b = self.values(method_a, metric), self.values(method_b, metric)
+        return np.array([a[key] - b[key] for key in a if key in b and np.isfinite(a[key]) and np.isfinite(b[key])])
 
     def table(self, reference: str | None = None) -> str:
         """The summary as text, one line per method, with each method's paired difference from ``reference``."""
@@ -643,12 +651,10 @@ class Evaluation:
 
 def compare(evaluation: Evaluation, method_a: str, method_b: str, metric: str) -> Comparison:
     """The paired difference a - b of ``metric`` over the decisions both methods were scored on, mean ± 95% CI."""
-    a, b = evaluation.values(method_a, metric), evaluation.values(method_b, metric)
-    shared = [key for key in a if key in b and np.isfinite(a[key]) and np.isfinite(b[key])]
-    if not shared:
-        raise InputError(f"{method_a!r} and {method_b!r} share no decision scored on {metric!r}.")
-    differences = np.array([a[key] - b[key] for key in shared])
-    return Comparison(method_a, method_b, metric, *mean_confidence_interval(differences), len(shared))
+    differences = evaluation.paired(method_a, method_b, metric)
+    if not differences.size:
+        raise InputError(f"{method_a!r} and {method_b!r} share no decision with a finite {metric!r}.")
+    return Comparison(method_a, method_b, metric, *mean_confidence_interval(differences), differences.size)
 
 
 def evaluate(explainer: Any, inputs: Any, methods: Sequence[str] | None = None, metrics: Sequence[str] = METRICS,
