@@ -283,6 +283,10 @@ class Item:
     target: Any = None
     truth: Any = None
 
+    def step_truth(self, step: int) -> Any:
+        """The ground truth of one explained token of a caption or continuation."""
+        return self.truth.get(step) if isinstance(self.truth, Mapping) else self.truth
+
 
 def as_items(inputs: Any, image_text: bool) -> list[Item]:
     """Items from a list of inputs; a mapping is read as the keywords of an item (with ``inputs``, ``target`` and
@@ -339,11 +343,15 @@ class Family:
         return drop_tokens(int(mask))
 
 
-class TextClassifierFamily(Family):
+class ClassifierFamily(Family):
+    """Classifiers explain all items in batches of the explainer's own."""
+
     def explain(self, items, method, batch_size):
         return self.explainer.explain([item.inputs for item in items], method=method,
                                       target=[item.target for item in items], batch_size=batch_size, progress=False)
 
+
+class TextClassifierFamily(ClassifierFamily):
     def probes(self, index, item, explanation):
         batch = self.adapter.prepare([item.inputs])
         valid = batch.token_mask[0].cpu()
@@ -352,11 +360,7 @@ class TextClassifierFamily(Family):
                       Row(tensors, explanation.target), self.token_perturbation(), item.truth)]
 
 
-class ImageClassifierFamily(Family):
-    def explain(self, items, method, batch_size):
-        return self.explainer.explain([item.inputs for item in items], method=method,
-                                      target=[item.target for item in items], batch_size=batch_size, progress=False)
-
+class ImageClassifierFamily(ClassifierFamily):
     def probes(self, index, item, explanation):
         batch = self.adapter.prepare([item.inputs])
         grid = batch.samples[0]["grid"]
@@ -403,10 +407,9 @@ class CaptionFamily(Family):
         prompt, probes = self.adapter.prompt_ids(), []
         for position, step in enumerate(explanation.steps):
             earlier = prompt + [s.token_id for s in explanation.steps[:position]]
-            truth = item.truth.get(position) if isinstance(item.truth, Mapping) else item.truth
             probes.append(Probe(index, position, patch_relevance(step.heatmap, step.heatmap.shape), None,
                                 Row({"pixel_values": pixels, "input_ids": torch.tensor(earlier)}, step.token_id),
-                                blank_patches(step.heatmap.shape), truth))
+                                blank_patches(step.heatmap.shape), item.step_truth(position)))
         return probes
 
 
@@ -430,10 +433,9 @@ class LanguageModelFamily(Family):
             earlier = prompt + [s.token_id for s in explanation.steps[:position]]
             special = np.zeros(len(earlier), dtype=bool)
             special[:len(prompt)] = explanation.special_tokens
-            truth = item.truth.get(position) if isinstance(item.truth, Mapping) else item.truth
             probes.append(Probe(index, position, np.asarray(step.text_scores, np.float64), special,
                                 Row({"input_ids": torch.tensor(earlier)}, step.token_id), self.token_perturbation(),
-                                truth))
+                                item.step_truth(position)))
         return probes
 
 
