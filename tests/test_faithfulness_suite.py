@@ -52,6 +52,7 @@ def test_scene_lm_ground_truth_follows_every_mention_and_skips_ambiguous_stateme
 def test_scene_lm_decisions_are_scored_against_their_ground_truth():
     explainer, items = scene_items("lm", 3)
     assert all(item.truth.size == len(item.inputs.split()) + 1 for item in items)
+    assert [explainer.predict(item.inputs, top_k=1)[0][0] for item in items] == [item.target for item in items]
     evaluation = evaluate(explainer, items, ["raw_attention", "generic"],
                           metrics=("morf_auc", "comprehensiveness", "mass_accuracy", "rank_accuracy"))
     assert len(evaluation.rows) == 6

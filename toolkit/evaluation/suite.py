@@ -70,7 +70,8 @@ def scene_items(name: str, count: int, seed: int | None = None) -> tuple[Any, li
     """The explainer of built-in model ``name`` and ``count`` held-out decisions with their ground truth: the ViT's
     true largest shape (its mask); CLIP's first caption (the captioned objects); ViLT's question drawn with ``seed``
     at its true answer (its mask); the captioner's first caption by teacher forcing (every step, the colour and
-    shape words with their object's mask); the scene language model's held-out texts (the earlier mention's tokens)."""
+    shape words with their object's mask); the scene language model's held-out texts whose answer it predicts (the
+    earlier mention's tokens: only then is the lookup known to have happened)."""
     from .. import Explainer, zoo
     from ..zoo.common import BENCHMARK_SEED, caption_objects, caption_word_objects, scenes
 
@@ -79,10 +80,12 @@ def scene_items(name: str, count: int, seed: int | None = None) -> tuple[Any, li
     seed = BENCHMARK_SEED if seed is None else seed
     explainer = Explainer(*zoo.load(name), name=f"scene-{name}")
     if name == "lm":
-        from ..zoo.scene_lm import held_out_texts
+        from ..zoo.scene_lm import held_out_texts, predicted_answers
 
+        texts = held_out_texts(count * 4, seed)
+        answers = predicted_answers(explainer.model, explainer.adapter.tokenizer, texts)
         return explainer, [Item(text.prompt, target=text.answer, truth=text.evidence_mask())
-                           for text in held_out_texts(count, seed)]
+                           for text, answer in zip(texts, answers) if answer == text.answer][:count]
     held_out, rng, items = scenes(count, seed), random.Random(seed), []
     for scene in held_out:
         if name == "vit":
