@@ -15,7 +15,8 @@ Metrics (``HIGHER_IS_BETTER`` says which way is better):
   most / least relevant first (Chefer et al., CVPR 2021, sec. 4; :func:`toolkit.evaluation.metrics.perturbation_curve`
   is the one-example form, and the same curve); ``lerf_minus_morf`` the area between the two curves. Tokens are
   deleted from the sequence (``removal="drop"``, as ERASER does) or replaced by the mask token (``"mask"``); patches
-  are set to 0, the normalisation mean. Special tokens and the first position of a language model are never removed.
+  are set to 0, the normalisation mean. Special tokens, and a language model's first and read-out (last) positions,
+  are never removed.
 - ``comprehensiveness`` / ``sufficiency`` (ERASER: DeYoung et al., ACL 2020), tokens only: the probability of the
   explained class or token less that after deleting the top k% tokens (comprehensiveness, higher is better) or after
   deleting all but them (sufficiency, lower is better), averaged over the bins k of ``ERASER_BINS`` (AOPC). A bin
@@ -414,8 +415,10 @@ class CaptionFamily(Family):
 
 
 class LanguageModelFamily(Family):
-    """One probe per explained token: the relevance of the tokens before it, which are perturbed (the first
-    position, the attention sink, and special tokens kept)."""
+    """One probe per explained token: the relevance of the tokens before it, which are perturbed. Kept: the first
+    position (the attention sink), special tokens, and the last position, where the token is read out (as a
+    classifier's [CLS] is: deleting it moves the read-out, and the identity term of rollout-style methods lands
+    there)."""
 
     scorer_class = NextTokenScorer
 
@@ -433,6 +436,7 @@ class LanguageModelFamily(Family):
             earlier = prompt + [s.token_id for s in explanation.steps[:position]]
             special = np.zeros(len(earlier), dtype=bool)
             special[:len(prompt)] = explanation.special_tokens
+            special[-1] = True
             probes.append(Probe(index, position, np.asarray(step.text_scores, np.float64), special,
                                 Row({"input_ids": torch.tensor(earlier)}, step.token_id), self.token_perturbation(),
                                 item.step_truth(position)))
