@@ -402,6 +402,21 @@ def test_a_configured_image_classifier_is_served_without_ground_truth(local_mode
     assert "rollout" in report and len(files) == 6
 
 
+def test_image_report_gives_each_maps_deletion_test(local_models, tmp_path):
+    from toolkit.evaluation.faithfulness import faithfulness_of
+
+    local_models.book.draw(1).image.save(tmp_path / "scene.png")
+    *_, report, _ = local_models.explain_image("tiny ViT", str(tmp_path / "scene.png"), "generic", "rollout", 0,
+                                               "(predicted)")
+    with local_models.cache.get("image", "tiny ViT").session() as explainer:
+        for method in ("generic", "rollout"):
+            image = Image.open(tmp_path / "scene.png").convert("RGB")
+            result = faithfulness_of(explainer.explain(image, method=method), explainer, image)[0]
+            assert (f"keeps an area of {result.values['morf_auc']:.3f}" in report
+                    and f"and {result.values['lerf_auc']:.3f} least relevant first" in report)
+    assert report.count("Deletion test") == 2
+
+
 def test_output_folders_are_removed_after_their_time(tmp_path):
     import os
     import time

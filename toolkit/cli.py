@@ -292,6 +292,36 @@ def report_command(args) -> int:
     return 0
 
 
+def evaluate_command(args) -> int:
+    """Faithfulness of methods on a model and data (token / patch deletion, ERASER, ground truth), or --suite."""
+    from .evaluation import faithfulness, suite
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else faithfulness.METRICS
+    if args.suite:
+        suite.run_suite(args.count or 40, methods, args.out, batch_size=args.batch_size)
+        return 0
+    if not args.data:
+        raise ToolkitError("Give --data: a folder of images, a text file (one text per line), a CSV file with a "
+                           f"'text' column, or 'scenes' with a built-in model ({', '.join(suite.SCENE_MODELS)}); "
+                           "or --suite.")
+    if args.data == "scenes":
+        explainer, items = suite.scene_items(args.model, args.count or 40)
+    else:
+        explainer = _load(args)
+        keywords = ({key: value for key in ("text", "question") if (value := getattr(args, key))}
+                    if isinstance(explainer.adapter, MultimodalAdapter) else None)
+        items = suite.read_data(args.data, keywords)[:args.count]
+    folder = output_folder(args.out, "--out")
+    evaluation = faithfulness.evaluate(explainer, items, methods, metrics, batch_size=args.batch_size,
+                                       removal=args.removal)
+    print(evaluation.table(reference=evaluation.methods[0] if evaluation.methods else None))
+    (folder / "faithfulness.json").write_text(suite.json.dumps(suite.suite_json({explainer.name: evaluation}),
+                                                              indent=1, default=suite._jsonable))
+    print(f"\nSaved faithfulness.json in {folder}")
+    return 0
+
+
 def demo_command(args) -> int:
     """The Gradio demo on the built-in models (or a config's), until interrupted."""
     from .demo import load_config, serve
@@ -363,6 +393,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keys", action="store_true", help="list every key of a run config and exit")
     report = commands.add_parser("report", help="the HTML report of a run folder (every shard merged)")
     report.add_argument("folder", help="the run's output folder")
+    evaluate = commands.add_parser("evaluate", help="how faithful each method is on a model and data: token and "
+                                                    "patch deletion, ERASER, ground truth where the data has it")
+    evaluate.add_argument("--model", default=OFFLINE_MODEL, help="as for explain (default: the zero-shot MiniLM)")
+    evaluate.add_argument("--data", help="a folder of images, a text file (one text or prompt per line), a CSV file "
+                                         "with a 'text' column (and 'target'), or 'scenes' (a built-in model's "
+                                         "held-out decisions with their ground truth)")
+    evaluate.add_argument("--methods", help="comma-separated (default: every method that applies)")
+    evaluate.add_argument("--metrics", help="comma-separated, from morf_auc,lerf_auc,lerf_minus_morf,"
+                                            "comprehensiveness,sufficiency,mass_accuracy,rank_accuracy,pointing_game")
+    evaluate.add_argument("--count", type=_positive, help="how many items (default: all; scenes and --suite: 40)")
+    evaluate.add_argument("--text", help="with a folder of images and CLIP: the text each image is compared with")
+    evaluate.add_argument("--question", help="with a folder of images and a VQA model: the question asked of each")
+    evaluate.add_argument("--labels", help="zero-shot labels: 'positive=I loved it;negative=I hated it'")
+    evaluate.add_argument("--removal", choices=["drop", "mask"], default="drop",
+                          help="tokens removed by deleting them (default) or replacing them with the mask token")
+    evaluate.add_argument("--batch-size", type=_positive, default=64, help="perturbed inputs per forward")
+    evaluate.add_argument("--suite", action="store_true", help="every method on MiniLM (zero-shot labels, sentence "
+                                                               "similarity), the scene models and the scene LM")
+    evaluate.add_argument("--out", default="faithfulness", help="folder for faithfulness.json (and the suite's table)")
+    evaluate.set_defaults(source="auto", family=None, random_weights=False)
     demo = commands.add_parser("demo", help="launch the Gradio demo (offline on the built-in models)")
     demo.add_argument("--config", help="YAML file: the models of each tab (text, image, image_text, vqa, "
                                        "captioning) and serving limits")
@@ -405,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args)
         if args.command == "report":
             return report_command(args)
+        if args.command == "evaluate":
+            return evaluate_command(args)
         if args.command == "demo":
             return demo_command(args)
         if args.command == "export-space":

@@ -90,6 +90,13 @@ def map_report(exp: Explanation, truth: GroundTruth | None = None) -> str:
             f"(a uniform map: {truth.chance:.0%}); the peak is {peak}. {summary}")
 
 
+def deletion_report(result) -> str:
+    """The deletion test of one map (a :class:`toolkit.evaluation.faithfulness.ProbeResult`), in words."""
+    return (f"Deletion test: the class's probability keeps an area of {result.values['morf_auc']:.3f} as 0–90% of "
+            f"the patches are removed most relevant first (lower: more faithful) and "
+            f"{result.values['lerf_auc']:.3f} least relevant first (higher: more faithful).")
+
+
 def text_html(exp: Explanation, caption: str | None = None) -> str:
     """The library's highlighted words (or tokens) with its heading and legend, under an optional caption."""
     body = exp.to_html(level="words" if exp.words is not None else "tokens")

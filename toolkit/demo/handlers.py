@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import InputError
+from ..evaluation.faithfulness import faithfulness_of
 from ..explainer import Explainer
 from ..explanation import Explanation
 from ..images import to_rgb
@@ -162,9 +163,11 @@ class Handlers:
             prediction = dict(explainer.predict(image, top_k=5))
             exps = [explainer.explain(image, method=m, target=parse_target(target),
                                       start_layer=start_layer_for(m, start_layer)) for m in methods]
+            deletions = [faithfulness_of(e, explainer, image)[0] for e in exps]
         results = [self.shown(e, truth, e.label) for e in exps]
         header = f"Ground truth: {truth.what}, outlined." if truth else ""
-        report = "\n\n".join(filter(None, [header] + [r.report for r in results]))
+        report = "\n\n".join(filter(None, [header] + [f"{r.report} {display.deletion_report(d)}"
+                                                      for r, d in zip(results, deletions)]))
         raw = display.png_file(display.raw_map_image(exps[0]), f"raw-map-{exps[0].method}", self.outputs.fresh())
         return (prediction, *pair([r.picture for r in results]), raw, report, [f for r in results for f in r.files])
 

@@ -53,7 +53,7 @@ METRICS = ("mass_accuracy", "rank_accuracy", "pointing_game", "token_mass_accura
            "token_pointing_game", "morf_auc", "lerf_auc")
 IMAGE_METHODS = ("raw_attention", "rollout", "attention_gradcam", "generic", "transformer_attribution",
                  "partial_lrp", "lrp")
-MODELS = tuple(MODULES)
+MODELS = tuple(name for name in MODULES if name != "lm")  # the models that see scenes
 # Chefer et al. expect these to beat the attention baselines on the perturbation tests.
 PROPOSED, BASELINES = ("transformer_attribution", "generic"), ("raw_attention", "rollout", "attention_gradcam")
 

@@ -258,16 +258,7 @@ def perturbation_curve(
     x = torch.as_tensor(inputs)
     values = _to_numpy(relevance, "relevance")
     unit_index = _unit_index(x.shape, values.shape, baseline)
-    removable = _removable_units(protected, values.shape)
-
-    # Rank removable units: most relevant first for "positive", least relevant first for "negative".
-    candidates = np.flatnonzero(removable)
-    ranking = -values.ravel()[candidates] if order == "positive" else values.ravel()[candidates]
-    removal_order = candidates[np.argsort(ranking, kind="stable")]
-    counts = _removal_counts(steps, candidates.size)
-    removed_units = np.zeros((len(counts), values.size), dtype=bool)
-    for row, count in enumerate(counts):
-        removed_units[row, removal_order[:count]] = True
+    fractions, removed_units = removal_masks(values, order, steps, protected)
 
     if isinstance(baseline, str) and baseline == "drop":
         kept_positions = torch.from_numpy(~removed_units).to(x.device)
@@ -275,9 +266,33 @@ def perturbation_curve(
     else:
         removed = torch.from_numpy(removed_units[:, unit_index]).to(x.device)  # (steps, *inputs.shape)
         perturbed = torch.where(removed, _baseline_tensor(baseline, x), x[None])
-        chunks = perturbed.split(batch_size or len(counts))
+        chunks = perturbed.split(batch_size or len(fractions))
         scores = np.concatenate([_predict(predict, chunk, inputs) for chunk in chunks])
-    return PerturbationCurve(order, np.asarray(counts, dtype=np.float64) / candidates.size, scores)
+    return PerturbationCurve(order, fractions, scores)
+
+
+def ranked_units(relevance: ArrayLike, order: str = "positive", protected: ArrayLike | None = None) -> np.ndarray:
+    """Flat indices of the removable (not ``protected``) units in the order they are removed: most relevant first
+    for ``"positive"``, least relevant first for ``"negative"``, ties in their original order."""
+    if order not in ORDERS:
+        raise InputError(f"order must be one of {ORDERS}, got {order!r}")
+    values = _to_numpy(relevance, "relevance")
+    candidates = np.flatnonzero(_removable_units(protected, values.shape))
+    ranking = -values.ravel()[candidates] if order == "positive" else values.ravel()[candidates]
+    return candidates[np.argsort(ranking, kind="stable")]
+
+
+def removal_masks(relevance: ArrayLike, order: str = "positive", steps: Sequence[float] = DEFAULT_STEPS,
+                  protected: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(the shares actually removed, one boolean row per share over the flat units: True where removed) for the
+    steps of :func:`perturbation_curve`, which perturbs the input with these rows."""
+    values = _to_numpy(relevance, "relevance")
+    ranked = ranked_units(values, order, protected)
+    counts = _removal_counts(steps, ranked.size)
+    removed = np.zeros((len(counts), values.size), dtype=bool)
+    for row, count in enumerate(counts):
+        removed[row, ranked[:count]] = True
+    return np.asarray(counts, dtype=np.float64) / ranked.size, removed
 
 
 def perturbation_auc(

