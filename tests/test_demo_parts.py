@@ -384,7 +384,7 @@ def local_models(tmp_path_factory, wordpiece):
 def test_a_configured_text_classifier_is_served(local_models, tmp_path):
     settings = local_models.model_settings("text", "tiny BERT")
     assert settings["methods"] == list_methods()  # every registered method applies to BERT
-    assert settings["method"] == "transformer_attribution" and not settings["builtin"] and settings["layers"] == 3
+    assert settings["method"] == "generic_attnlrp" and not settings["builtin"] and settings["layers"] == 3
     label, page, page_b, table, files = local_models.explain_text("tiny BERT", "the movie was surprisingly good",
                                                                   "", "lrp", "(none)", 0, settings["labels"][2])
     assert set(label) == set(settings["labels"]) and page_b is None

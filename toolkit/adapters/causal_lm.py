@@ -42,6 +42,8 @@ class CausalLMAdapter(DeclaredAdapter):
     task: ClassVar[str] = "text generation"
     generation: ClassVar[bool] = True
     keywords: ClassVar[tuple[str, ...]] = ("continuation", "max_new_tokens", "keep_sink")
+    # method="auto": generic put the most relevance on the ground truth of the scene LM (README, "Which method to trust")
+    preferred_methods: ClassVar[tuple[str, ...]] = ("generic",)
 
     tokenizer = TextClassifierAdapter.tokenizer
 

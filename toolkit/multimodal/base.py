@@ -43,8 +43,8 @@ class MultimodalAdapter(ABC):
     examples: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()  # Hugging Face config.model_type values loaded by ``load``
     readings: ClassVar[tuple[tuple[str, str, bool], ...]] = ()
-    # The bi-modal rules of ICCV 2021 were written for these models; Transformer Attribution reaches CLIP's towers
-    # and ViLT too, but stays an option until the faithfulness measurements (issue 13) choose.
+    # method="auto": generic was the most faithful by deletion on CLIP and tied on ViLT (README, "Which method to
+    # trust"); the bi-modal rules of ICCV 2021 were written for these models.
     preferred_methods: ClassVar[tuple[str, ...]] = ("generic",)
     # How keyword inputs pair up, for explain(..., batch_size=): the keyword whose items are images (a batch of them
     # an array of rank ``image_rank``), the one whose items pair with them (None: one explanation per image), how
