@@ -283,25 +283,29 @@ def test_the_deletion_auc_equals_an_independent_computation(tmp_path):
     from toolkit import zoo
     from toolkit.zoo.common import scene_generator
 
-    run(vit_scenes(tmp_path, count=2, methods=["generic"]))
+    config = vit_scenes(tmp_path, count=2, methods=["generic"])
+    evaluation = {**FAST["evaluation"], "least_relevant_first": True}
+    run(write_config(tmp_path, **{**yaml.safe_load(config.read_text()), "evaluation": evaluation}))
     _, rows = _finished(tmp_path / "out")
     model, transform = zoo.load("vit")
     for row in rows:
         exp = Explanation.load(tmp_path / "out" / row["arrays"])
         scene = scene_generator().generate(tuple(json.loads(row["inputs"])["scene"]))
         image = np.asarray(scene.image, dtype=np.float64)
-        order = np.argsort(-exp.heatmap.ravel(), kind="stable")
-        scores = []
-        for share in (0.0, 0.25, 0.5, 0.75):
-            removed = np.zeros(64, dtype=bool)
-            removed[order[:int(np.floor(share * 64 + 0.5))]] = True
-            pixels = np.where(np.kron(removed.reshape(8, 8), np.ones((8, 8)))[..., None].astype(bool),
-                              image.mean(axis=(0, 1)), image)
-            picture = Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8))
-            with torch.no_grad():
-                scores.append(model(transform(picture)[None]).softmax(-1)[0, exp.target].item())
-        assert row["curve_scores"] == pytest.approx(scores, abs=1e-5)
-        assert row["morf_auc"] == pytest.approx(np.trapezoid(scores, [0, 0.25, 0.5, 0.75]), abs=1e-5)
+        for order, column in ((np.argsort(-exp.heatmap.ravel(), kind="stable"), "morf_auc"),
+                              (np.argsort(exp.heatmap.ravel(), kind="stable"), "lerf_auc")):
+            scores = []
+            for share in (0.0, 0.25, 0.5, 0.75):
+                removed = np.zeros(64, dtype=bool)
+                removed[order[:int(np.floor(share * 64 + 0.5))]] = True
+                pixels = np.where(np.kron(removed.reshape(8, 8), np.ones((8, 8)))[..., None].astype(bool),
+                                  image.mean(axis=(0, 1)), image)
+                picture = Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8))
+                with torch.no_grad():
+                    scores.append(model(transform(picture)[None]).softmax(-1)[0, exp.target].item())
+            if column == "morf_auc":
+                assert row["curve_scores"] == pytest.approx(scores, abs=1e-5)
+            assert row[column] == pytest.approx(np.trapezoid(scores, [0, 0.25, 0.5, 0.75]), abs=1e-5)
 
 
 # --- bad data ----------------------------------------------------------------------------------------------------------

@@ -145,6 +145,8 @@ class EvaluationConfig(Schema):
 
     perturbation: bool = Field(True, description="deletion test: remove the most relevant patches (or words) "
                                                  "first and track the explained score; AUC, lower is better")
+    least_relevant_first: bool = Field(False, description="also the deletion test least relevant first (lerf_auc: the "
+                                                          "score should hold; higher is better)")
     steps: tuple[float, ...] = Field(DEFAULT_STEPS, description="the shares removed")
     ground_truth: bool = Field(True, description="scenes: relevance mass, rank accuracy and pointing game against "
                                                  "the objects' masks (and the words that name them)")

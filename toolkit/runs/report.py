@@ -19,7 +19,7 @@ import numpy as np
 from ..evaluation.metrics import mean_confidence_interval
 from .store import METRICS, atomic_write, load_run
 
-LOWER_IS_BETTER = {"morf_auc"}
+LOWER_IS_BETTER = {"morf_auc"}  # every other metric: higher is better (lerf_auc too)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 GALLERY = 3  # best and worst items per method
 STYLE = """

@@ -31,7 +31,7 @@ from ..paths import output_folder
 from .config import FINGERPRINTED, RunConfig, to_yaml
 
 TMP_PREFIX = ".tmp-"
-METRICS = ("morf_auc", "mass_accuracy", "rank_accuracy", "pointing_game", "token_mass_accuracy",
+METRICS = ("morf_auc", "lerf_auc", "mass_accuracy", "rank_accuracy", "pointing_game", "token_mass_accuracy",
            "token_rank_accuracy", "token_pointing_game")
 RESULTS = ("parts", "manifest", "items", "report.html", "run.json", "config.yaml")
 

@@ -74,6 +74,8 @@ class Task(ABC):
             if self.config.evaluation.perturbation:
                 outcome.curve = self.deletion(loaded, exp)
                 outcome.metrics["morf_auc"] = outcome.curve.auc
+                if self.config.evaluation.least_relevant_first:
+                    outcome.metrics["lerf_auc"] = self.deletion(loaded, exp, order="negative").auc
             if self.config.evaluation.ground_truth and loaded.scene is not None:
                 outcome.metrics.update(self.truth(loaded, exp))
             outcomes.append(outcome)
@@ -106,8 +108,9 @@ class Task(ABC):
     @abstractmethod
     def rescore(self, loaded: Loaded, exp: Explanation, variants: list) -> np.ndarray: ...
 
-    def deletion(self, loaded: Loaded, exp: Explanation) -> PerturbationCurve:
-        """Patches of the model's view removed most relevant first, the score re-read after each share."""
+    def deletion(self, loaded: Loaded, exp: Explanation, order: str = "positive") -> PerturbationCurve:
+        """Patches of the model's view removed most relevant first (``order="negative"``: least relevant first), the
+        score re-read after each share."""
         if exp.image is None or exp.heatmap is None or np.ndim(exp.heatmap) != 2:
             raise InputError("the deletion test needs a map over the image's patches or pixels; this explanation has "
                              "none (set evaluation.perturbation: false)")
@@ -120,7 +123,7 @@ class Task(ABC):
             images = [Image.fromarray(x.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()) for x in batch]
             return self.rescore(loaded, exp, images)
 
-        return perturbation_curve(predict, pixels, heatmap, order="positive", steps=self.config.evaluation.steps,
+        return perturbation_curve(predict, pixels, heatmap, order=order, steps=self.config.evaluation.steps,
                                   baseline="mean")
 
     def truth(self, loaded: Loaded, exp: Explanation) -> dict[str, float]:
@@ -153,8 +156,8 @@ class TextClassification(Task):
         return self._explain(method, [item.text for item in batch], target=[item.target for item in batch],
                              text_pair=pairs if any(p is not None for p in pairs) else None)
 
-    def deletion(self, loaded, exp):
-        """Words removed most relevant first (a text left without words is read as '.')."""
+    def deletion(self, loaded, exp, order="positive"):
+        """Words removed most relevant first, or least (a text left without words is read as '.')."""
         words = list(exp.words or exp.tokens)
         scores = np.asarray(exp.word_scores if exp.words else exp.scores, dtype=np.float64)
 
@@ -162,7 +165,7 @@ class TextClassification(Task):
             texts = [" ".join(words[i] for i in row.tolist() if i >= 0) or PLACEHOLDER_TEXT for row in batch]
             return self.rescore(loaded, exp, texts)
 
-        return perturbation_curve(predict, torch.arange(len(words)), scores, order="positive",
+        return perturbation_curve(predict, torch.arange(len(words)), scores, order=order,
                                   steps=self.config.evaluation.steps, baseline=-1)
 
     def rescore(self, loaded, exp, variants):
