@@ -383,3 +383,12 @@ def test_a_new_architecture_declared_inline_in_the_config(tmp_path, wordpiece):
                                                      "transformer_attribution"]
     exp = Explanation.load(tmp_path / "out" / rows[0]["arrays"])
     assert exp.text == "a gripping, beautifully shot film" and rows[0]["morf_auc"] is not None
+
+
+def test_auto_runs_each_models_default_and_the_table_names_it(tmp_path):
+    run(vit_scenes(tmp_path, count=2, methods=["auto"], evaluation={**FAST["evaluation"], "perturbation": False}))
+    _, rows = _finished(tmp_path / "out")
+    from toolkit import Explainer, zoo
+
+    default = Explainer(*zoo.load("vit")).default_method
+    assert {(row["method"], row["method_name"], row["status"]) for row in rows} == {("auto", default, "ok")}

@@ -47,7 +47,7 @@ def load_explainer(config: RunConfig, device: torch.device) -> Explainer:
         explainer = Explainer.from_pretrained(spec.name, source=spec.source, family=family, **kwargs)
     explainer.model.to(device=device, dtype=DTYPES[config.precision])
     applicable = explainer.applicable_methods()
-    refused = [m.name for m in config.methods if m.name not in applicable]
+    refused = [m.name for m in config.methods if m.name not in ("auto", *applicable)]  # auto: the model's default
     if refused:
         raise ConfigError(f"methods: {', '.join(refused)} cannot explain {spec.name}; it takes {', '.join(applicable)}"
                           f" (e.g. --set methods=[{','.join(applicable[:2])}])")

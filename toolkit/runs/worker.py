@@ -79,7 +79,8 @@ class Worker:
 
     def _row(self, loaded: Loaded, method: MethodConfig, outcome: Outcome, seconds: float) -> dict[str, Any]:
         exp, curve = outcome.explanation, outcome.curve
-        row = {**_base_row(loaded.item, method), "prediction": outcome.prediction, "target": outcome.target,
+        row = {**_base_row(loaded.item, method), "method_name": exp.method,  # what auto resolved to
+               "prediction": outcome.prediction, "target": outcome.target,
                "probability": outcome.probability, "score": outcome.score,
                "seconds": seconds, "status": "ok", "error": None,
                **{m: _finite(outcome.metrics.get(m)) for m in METRICS},
