@@ -30,6 +30,26 @@ def one_hot_rows(indices: torch.Tensor, size: int) -> torch.Tensor:
     return rows
 
 
+def count_items(value: Any, rank: int) -> int:
+    """How many items a keyword gives: a list's length, a batch array's first dimension (an array of ``rank``
+    dimensions), else one."""
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if (torch.is_tensor(value) or isinstance(value, np.ndarray)) and value.ndim == rank:
+        return value.shape[0]
+    return 1
+
+
+def _items(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [item for item in value]
+
+
+def _per_pair(value: Any, pairs: int) -> bool:
+    """Whether ``value`` gives one value per pair: a list or tuple of that length, not of token ids."""
+    return (isinstance(value, (list, tuple)) and len(value) == pairs and len(value) > 0
+            and not isinstance(value[0], (int, np.integer)))
+
+
 class MultimodalAdapter(ABC):
     """A family of image-text models: its attention sites, the stacks it declares in full (for LRP), the readings
     its task takes, and the task itself (prepare inputs, the forward and its objective, the explanations); the
@@ -109,7 +129,7 @@ class MultimodalAdapter(ABC):
         """:meth:`explain`, ``batch_size`` pairs per pass: the inputs are cut into runs of whole pairs (whole images
         with all their texts on a grid), in order, with the per-pair values (targets among them) beside them."""
         images, texts = inputs.get(self.image_keyword), inputs.get(self.text_keyword) if self.text_keyword else None
-        n_images, n_texts = self._count(images, self.image_rank), self._count(texts, 2)
+        n_images, n_texts = count_items(images, self.image_rank), count_items(texts, 2)
         if self.text_keyword is None:
             n_texts = 1
         pairs = n_images * n_texts if self.pairing == "grid" else max(n_images, n_texts)
@@ -128,12 +148,12 @@ class MultimodalAdapter(ABC):
             chunk = dict(inputs)
             if image_part is not None:
                 for keyword in self.image_side():
-                    if self._count(inputs.get(keyword), self.image_rank) == n_images > 1:
-                        chunk[keyword] = self._items(inputs[keyword])[image_part]
+                    if count_items(inputs.get(keyword), self.image_rank) == n_images > 1:
+                        chunk[keyword] = _items(inputs[keyword])[image_part]
             if text_part is not None:
                 chunk[self.text_keyword] = list(texts)[text_part]
             for keyword in self.per_pair:
-                if self._per_pair(inputs.get(keyword), pairs):
+                if _per_pair(inputs.get(keyword), pairs):
                     chunk[keyword] = list(inputs[keyword])[pair_part]
             per_pair_target = isinstance(target, (list, tuple)) and len(target) == pairs
             chunk_target = list(target)[pair_part] if per_pair_target else target
@@ -146,25 +166,6 @@ class MultimodalAdapter(ABC):
     def image_side(self) -> tuple[str, ...]:
         """The keywords that give one value per image (LXMERT's boxes and pictures go with its region features)."""
         return (self.image_keyword,)
-
-    @staticmethod
-    def _count(value: Any, rank: int) -> int:
-        """How many items a keyword gives: a list's length, a batch array's first dimension, else one."""
-        if isinstance(value, (list, tuple)):
-            return len(value)
-        if (torch.is_tensor(value) or isinstance(value, np.ndarray)) and value.ndim == rank:
-            return value.shape[0]
-        return 1
-
-    @staticmethod
-    def _items(value: Any) -> list:
-        return list(value) if isinstance(value, (list, tuple)) else [item for item in value]
-
-    @staticmethod
-    def _per_pair(value: Any, pairs: int) -> bool:
-        """Whether ``value`` gives one value per pair: a list or tuple of that length, not of token ids."""
-        return (isinstance(value, (list, tuple)) and len(value) == pairs and len(value) > 0
-                and not isinstance(value[0], (int, np.integer)))
 
     @property
     def device(self) -> torch.device:

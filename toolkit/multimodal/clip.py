@@ -14,7 +14,7 @@ from ..methods import Method
 from ..text import encoded_words, read_texts, special_token_mask, unknown_token_mask, word_scores
 from ..core import engine
 from ..core.engine import Pass
-from .base import MultimodalAdapter, one_hot_rows, reject_unknown, string_list, to_numpy
+from .base import MultimodalAdapter, count_items, one_hot_rows, reject_unknown, string_list, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -24,7 +24,7 @@ def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
 
 def one_pair(image: Any, text: Any) -> bool:
     """Whether a call names one image and one text, and so gives one Explanation (not a list)."""
-    return isinstance(text, str) and MultimodalAdapter._count(image, 4) == 1 and not isinstance(image, (list, tuple))
+    return isinstance(text, str) and count_items(image, 4) == 1 and not isinstance(image, (list, tuple))
 
 
 def similarity_inputs(adapter: MultimodalAdapter, method: Method, target: Any, image: Any,
