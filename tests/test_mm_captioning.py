@@ -298,3 +298,30 @@ def test_caption_beyond_the_decoders_positions_is_cut_with_the_words_named(model
     for a, b in zip(exp.steps, first.steps):
         np.testing.assert_allclose(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["blip", "git"])
+def test_cp_lrp_conserves_each_steps_logit_across_image_and_text(tokenizer, images, family):
+    """Under CP-LRP (the AttnLRP rules with the attention held constant, cross-attention included) a model without
+    biases passes every relevance on: the image encoder's tokens ([CLS] and patches) and the earlier text tokens
+    together hold the explained token's logit. AttnLRP applies too (its softmax rule keeps a share)."""
+    model, processor = build(family, tokenizer)
+    model = model.double()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+    ex = Explainer(model, processor)
+    assert {"attnlrp", "cp_lrp"} <= set(ex.applicable_methods())
+    exp = ex.explain(image=images[0], caption=[2003], method="cp_lrp")  # one token: one step
+    step = exp.steps[0]
+    pixels = processor.image_processor(images=[images[0]], return_tensors="pt")["pixel_values"].double()
+    prompt = ex.adapter.prompt_ids()
+    ids = torch.tensor([prompt + [2003]])
+    logits = ex.adapter.text_logits(pixels, ids, torch.ones_like(ids))
+    logit = float(logits[0, len(prompt) - 1, 2003])
+    total = float(exp.scores.sum() + step.text_scores.sum())
+    assert total == pytest.approx(logit, rel=1e-6, abs=1e-8)
+    assert np.abs(exp.heatmap).max() > 0 and np.abs(step.text_scores).max() > 0
+    attn = ex.explain(image=images[0], caption=[2003], method="attnlrp")
+    assert attn.steps[0].log_prob == pytest.approx(step.log_prob) and np.abs(attn.heatmap).max() > 0

@@ -94,8 +94,8 @@ def takes_backward(method) -> bool:
 def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[Any, torch.Tensor]], method, *,
              streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
              lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = (),
-             inputs: dict[str, list[nn.Module]] | None = None,
-             rerun: Callable[[int], torch.Tensor] | None = None) -> Pass:
+             inputs: dict[str, list[nn.Module]] | None = None, rerun: Callable[[int], torch.Tensor] | None = None,
+             cross: list[ModelSpec] = ()) -> Pass:
     """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take one backward pass from the
     objective's sum where the method needs it: to every attention map (``needs_gradients``), and under the method's
     LRP rules (``rules``, applied for the pass and undone after) to every start of the graph.
@@ -105,14 +105,16 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     record what the rules read); ``record``: further modules whose calls the task reads afterwards (``pass.recorder``);
     ``inputs``: per stream, modules before its first layer where the rules' graph starts too (the pixels' patch
     embedding); ``rerun(R)``: the task's outputs (R*B, C) for its inputs repeated R times, which the path methods
-    run again with other inputs of a stream's first layer. Hooks are released and the attention implementation
-    restored on exit, also when something raised.
+    run again with other inputs of a stream's first layer; ``cross``: the projections of cross-attention (one
+    stack per stream that attends to another), where the LRP rules apply too. Hooks are released and the attention
+    implementation restored on exit, also when something raised.
     """
     streams, tokens = streams or {}, tokens or {}
     lrp_streams = streams if lrp is not None else {}
     starts = {name: [*(inputs or {}).get(name, []), spec.layers[0].block] if method.rules is not None
               else [spec.layers[0].block] for name, spec in streams.items()}
-    rules = method.rules.applied(model, *streams.values()) if method.rules is not None else contextlib.nullcontext()
+    rules = (method.rules.applied(model, *streams.values(), *cross) if method.rules is not None
+             else contextlib.nullcontext())
     with explicit_attention(model), Recorder(keep_gradients=method.needs_gradients) as rec, rules:
         for site in sites:
             rec.record_attention(site.module, site.extract)
@@ -172,15 +174,19 @@ def _feeds(sites: list[Site], query: str) -> bool:
 
 
 def route(reads: str, sites: list[Site], query: str, key: str, linked: bool = False) -> str | None:
-    """How a method that ``reads`` "last" (the last attention map), "stream" (a stack of self-attention maps) or
-    "network" (every site, by the bi-modal rules) gives the relevance of ``query``'s tokens to ``key``'s:
+    """How a method that ``reads`` "last" (the last attention map), "stream" (a stack of self-attention maps),
+    "network" (every site, by the bi-modal rules) or "input" (input x gradient) gives the relevance of ``query``'s
+    tokens to ``key``'s:
 
     - "network": the bi-modal rules over every site (other streams feed ``query``, or ``key`` is another stream);
     - "stream": within ``query``'s own self-attention stack (``key`` is ``query``);
     - "last": the last attention map from ``query`` to ``key``;
     - "linked": within ``query``'s stack, read at the positions where ``key``'s tokens were copied in (GIT);
+    - "input": the gradient of the read-out at ``key``'s input, times that input;
     - None: the method has no rule for it.
     """
+    if reads == "input":  # the gradient of the whole pass at the key stream's input: every route leads there
+        return "input"
     crossing = key != query or _feeds(sites, query)
     if reads == "network":
         return "network" if crossing or linked else "stream"
@@ -217,7 +223,9 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
     if how is None:
         raise AssertionError(f"{method.name} was not refused before the pass for {reading.query} -> {reading.key}")
     query_sites = [i for i, site in enumerate(result.sites) if site.query == reading.query]
-    if how == "last":
+    if how == "input":
+        indices, content = [], reading.content
+    elif how == "last":
         last = max(i for i in query_sites if result.sites[i].key == reading.key)
         indices, content = [last], reading.content
     else:

@@ -37,7 +37,7 @@ KEYS = {
                "query..., head, readout), plus cross: {module, output, key} where each layer also attends to "
                "another stream}, in the order the model runs them",
     "cross": "in a stream: where each layer's cross-attention probabilities are captured, {module: path, output: "
-             "index, key: the stream it attends to}",
+             "index, key: the stream it attends to, projections: {query, key, value} (Linear, for the AttnLRP rules)}",
     "source": "hf (default) or timm: how images are preprocessed, how labels are read",
     "forward_kwargs": "keyword arguments every forward call gets (e.g. output_attentions: true)",
     "layers": "pattern of the layer modules, * standing for the layer index",
@@ -212,9 +212,13 @@ class Family:
             cross = stream.get("cross")
             if cross is None:
                 continue
+            projections = cross.get("projections", {}) if isinstance(cross, dict) else None
             if not (isinstance(cross, dict) and isinstance(cross.get("module"), str) and cross.get("key") in streams
-                    and set(cross) <= {"module", "output", "key"}):
-                raise stream.error(f"cross must be {{module: path, output: index, key: one of {', '.join(streams)}}}; "
+                    and set(cross) <= {"module", "output", "key", "projections"} and isinstance(projections, dict)
+                    and set(projections) <= {"query", "key", "value"}
+                    and all(isinstance(path, str) for path in projections.values())):
+                raise stream.error(f"cross must be {{module: path, output: index, key: one of {', '.join(streams)}, "
+                                   f"projections: {{query: path, key: path, value: path}}}} (projections optional); "
                                    f"got {cross!r}")
 
     def stream(self, name: str) -> "Family":
@@ -510,6 +514,21 @@ class Layout:
             raise self.error(f"patch_embedding {path!r} is a {type(conv).__name__}; expected the nn.Conv2d that reads "
                              "the pixels", expand(path, self.base))
         return conv
+
+    def cross_spec(self) -> ModelSpec | None:
+        """The cross-attention of a stream's layers as a stack of query / key / value projections (where the AttnLRP
+        rules scale the gradient), or None when the stream declares none."""
+        projections = (self.family.get("cross") or {}).get("projections")
+        if not projections or set(projections) != {"query", "key", "value"}:
+            return None
+        layers = []
+        for (path, block, call), (attention, extract, _, _) in zip(self.layers(), self.attention_modules("cross")):
+            index = path.rsplit(".", 1)[-1]
+            parts = {role: self._linear(f"cross.projections.{role}", path, index, projections[role])
+                     for role in ("query", "key", "value")}
+            layers.append(LayerSpec(block=block, attention=attention, extract_probs=extract, num_heads=0, out_proj=None,
+                                    fc1=None, fc2=None, norm_first=self.family.get("norm") == "pre", call=call, **parts))
+        return ModelSpec(layers=layers, origin=self.family.label, nearby=self.nearby)
 
     def query_key(self) -> list[tuple[nn.Module, dict[str, nn.Linear]]] | None:
         """Per layer, the attention capture module and its projections ({"fused": qkv} or {"query": ..., "key":

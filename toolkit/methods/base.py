@@ -34,7 +34,7 @@ class Method:
     empty_reason: ClassVar[str] = "the attention layers gave this target no relevance"
     # What the method reads of a model whose streams attend to each other (toolkit.core.engine.route):
     # "last" the last attention map between two streams, "stream" a stack of self-attention maps within one
-    # stream, "network" every attention site by the bi-modal rules.
+    # stream, "network" every attention site by the bi-modal rules, "input" the gradient at a stream's input.
     reads: ClassVar[str] = "stream"
 
     def __init__(self, start_layer: int = 0, **options: Any):
@@ -128,6 +128,8 @@ class InputTimesGradient(Method):
     """Relevance = input x gradient where the backward pass starts, summed over features: per pixel (over the colour
     channels) for images, per token (over the hidden dimension) for text. With ``rules``, the gradient is that of
     the rules' modified backward pass, which makes the product their LRP relevance."""
+
+    reads = "input"
 
     def attribute(self, trace: Trace) -> torch.Tensor:
         value, gradient = trace.input_gradients[0]

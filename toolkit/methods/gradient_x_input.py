@@ -15,6 +15,7 @@ class GradientXInput(Method):
     name = "gradient_x_input"
     summary = "Gradient x input through captum, on the token or patch embeddings, summed over features."
     reruns_model = True
+    reads = "input"
     empty_reason = "the gradient at the embeddings was zero for this target"
 
     def attribute(self, trace: Trace) -> torch.Tensor:

@@ -27,6 +27,7 @@ class IntegratedGradients(Method):
     summary = ("Integrated gradients (Sundararajan et al. 2017) through captum, on the token or patch embeddings; "
                "steps batched inside one call.")
     reruns_model = True
+    reads = "input"
     extra_options = {"steps": 32, "internal_batch_size": 64, "baseline": "mean"}
     empty_reason = "the gradients along the path from the baseline were zero for this target"
 

@@ -191,15 +191,11 @@ class MultimodalAdapter(ABC):
                         + (f"it propagates relevance within one stream, and the {query} tokens also attend to other "
                            "streams through cross-attention, which it has no rule for"
                            if method.reads == "stream" else f"no attention runs from the {query} to the {key} tokens"))
-            if method.reruns_model and not (self.reruns and how == "stream"):
+            if method.reruns_model and not self.reruns:
                 return (f"Method {method.name!r} cannot explain {self.family} models yet: it runs the model again from "
                         "a stream's first-layer input, which this task does not offer")
             if method.rules is not None:
-                if how != "stream" or query not in streams:
-                    return (f"Method {method.name!r} cannot explain {self.family} models: its LRP rules are applied "
-                            f"here within one stream of self-attention layers, and the {query} tokens "
-                            + ("also read other streams" if how != "stream" else "have no declared layers"))
-                reason = method.refusal(streams[query], self.model)
+                reason = self.rules_refusal(method)
                 if reason:
                     return f"Method {method.name!r} cannot explain {self.family} models: {reason}"
             if method.needs_lrp:
@@ -212,6 +208,29 @@ class MultimodalAdapter(ABC):
                 except UnsupportedModelError as error:
                     return f"{error}"
         return None
+
+    def rules_refusal(self, method: type[Method]) -> str | None:
+        """Why LRP rules applied to the whole pass cannot explain this model: a stream without declared layers, a
+        part of one the rules cannot pass, or a cross-attention without declared projections."""
+        streams = self.streams()
+        sites_streams = {site.query for site in self.sites()}
+        if not streams or sites_streams - set(streams):
+            return "its attention lives in streams the family does not declare, whose parts the rules need"
+        for name, spec in streams.items():
+            reason = method.refusal(spec, self.model)
+            if reason:
+                return f"the {name} stream: {reason}"
+        crossing = {site.query for site in self.sites() if not site.is_self}
+        missing = sorted(crossing - set(self.cross_stacks()))
+        if missing:
+            return (f"the cross-attention of the {', '.join(missing)} stream declares no query, key and value "
+                    "projections (cross: projections:), where the attention rules apply")
+        return None
+
+    def cross_stacks(self) -> dict[str, ModelSpec]:
+        """Per stream that attends to another, its cross-attention projections as declared (for the LRP rules)."""
+        stacks = {name: layout.cross_spec() for name, layout in self.layouts.items()}
+        return {name: stack for name, stack in stacks.items() if stack is not None}
 
     def check_method(self, method: Method) -> None:
         """The instance's options against the family: a start layer means nothing to the bi-modal rules."""
@@ -236,7 +255,8 @@ class MultimodalAdapter(ABC):
         streams = self.streams()
         return engine.run_pass(self.model, self.sites(), forward, method, streams=streams,
                                tokens={name: count for name, count in (tokens or {}).items() if name in streams},
-                               lrp=lrp if method.needs_lrp else None, rerun=rerun)
+                               lrp=lrp if method.needs_lrp else None, rerun=rerun,
+                               cross=list(self.cross_stacks().values()))
 
     def relevance(self, method: Method, result: engine.Pass, query: str, key: str, rows: torch.Tensor,
                   tokens: torch.Tensor, content: torch.Tensor, **reading: Any) -> torch.Tensor:

@@ -138,12 +138,18 @@ class BlipVQAAdapter(MultimodalAdapter):
         answer_rows = answer_rows / answer_rows.sum(-1, keepdim=True)  # mean over the rows predicting the answer
         next_ids = torch.roll(decoder_ids, -1, dims=1)
 
+        chosen = {}
+
         def run():
+            """log p(answer); under LRP rules the objective is the sum of its tokens' logits (AttnLRP explains logits)."""
             with output_of(self.model.text_decoder) as decoded:
                 self.model(input_ids=question_ids, pixel_values=pixels, decoder_input_ids=decoder_ids,
                            decoder_attention_mask=decoder_mask)
-            log_probs = decoded[0].logits.float().log_softmax(-1).gather(-1, next_ids[..., None])[..., 0]
-            return decoded[0], (log_probs * (answer_rows > 0)).sum(-1)
+            logits = decoded[0].logits.float()
+            log_probs = logits.log_softmax(-1).gather(-1, next_ids[..., None])[..., 0]
+            chosen["log_p"] = (log_probs * (answer_rows > 0)).sum(-1)
+            token_logits = logits.gather(-1, next_ids[..., None])[..., 0]
+            return decoded[0], (token_logits * (answer_rows > 0)).sum(-1) if method.rules else chosen["log_p"]
 
         captured = self.run(method, run)
         image_tokens, question_length = captured.probs[0].shape[-1], question_ids.shape[1]
@@ -162,7 +168,7 @@ class BlipVQAAdapter(MultimodalAdapter):
                                                                     answer_tokens, question, sizes=sizes)
                            for t in range(length))
         heatmaps = to_numpy(image_rel[:, prefix:]).reshape(batch, *grid)
-        return list(zip(answers, heatmaps, to_numpy(question_rel), to_numpy(captured.objective)))
+        return list(zip(answers, heatmaps, to_numpy(question_rel), to_numpy(chosen["log_p"])))
 
     def explain(self, method: Method, target: Any, image: Any = None, question: Any = None, answer: Any = None,
                 max_new_tokens: int = 10, **unknown) -> Explanation | list[Explanation]:

@@ -208,17 +208,22 @@ class CaptioningAdapter(MultimodalAdapter):
         steps = StepBatch.build(sequences, len(prompt), self.pad_id, self.device)
         step_pixels = pixels[steps.image_index]
 
+        chosen = {}
+
         def run():
+            """Each step's log-probability; under LRP rules the objective is its logit (AttnLRP explains logits)."""
             logits = self.text_logits(step_pixels, steps.input_ids, steps.attention_mask)
-            log_probs = rows_of(logits, steps.rows).float().log_softmax(-1)
-            return logits, log_probs.gather(1, steps.targets[:, None])[:, 0]
+            step_logits = rows_of(logits, steps.rows).float()
+            chosen["log_probs"] = step_logits.log_softmax(-1).gather(1, steps.targets[:, None])[:, 0]
+            explained = step_logits.gather(1, steps.targets[:, None])[:, 0] if method.rules else chosen["log_probs"]
+            return logits, explained
 
         if len(steps):
             captured = self.run(method, run)
             image_tokens = captured.probs[0].shape[-1]
             grid, prefix = patch_layout(pixels, self.patch_size(), image_tokens)
             image_rel, text_rel = (to_numpy(r) for r in self.step_relevance(method, captured, steps, image_tokens, prefix))
-            log_probs = to_numpy(captured.objective)
+            log_probs = to_numpy(chosen["log_probs"])
         image_processor = processor_parts(self.processor, self.family)[0]
         shown = shown_images(pixels, [(i, 0) for i in range(len(images))], image_processor.image_mean,
                              image_processor.image_std)
