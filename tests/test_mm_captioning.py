@@ -325,3 +325,17 @@ def test_cp_lrp_conserves_each_steps_logit_across_image_and_text(tokenizer, imag
     assert np.abs(exp.heatmap).max() > 0 and np.abs(step.text_scores).max() > 0
     attn = ex.explain(image=images[0], caption=[2003], method="attnlrp")
     assert attn.steps[0].log_prob == pytest.approx(step.log_prob) and np.abs(attn.heatmap).max() > 0
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input"])
+def test_path_methods_explain_every_step_and_batch_like_one_image(models, images, method):
+    """captum's methods at each stream's input (the image encoder's tokens, the text decoder's), every step of every
+    caption in one call; two images together give what each gives alone."""
+    ex = Explainer(*models["blip"])
+    both = ex.explain(image=images, caption="a dog", method=method)
+    for exp, image in zip(both, images):
+        alone = ex.explain(image=image, caption="a dog", method=method)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-6)
+        for a, b in zip(exp.steps, alone.steps):
+            np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)
+        assert np.isfinite(exp.heatmap).all() and np.abs(exp.heatmap).max() > 0

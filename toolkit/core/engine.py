@@ -223,8 +223,11 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
     if how is None:
         raise AssertionError(f"{method.name} was not refused before the pass for {reading.query} -> {reading.key}")
     query_sites = [i for i, site in enumerate(result.sites) if site.query == reading.query]
+    tokens = reading.tokens
     if how == "input":
         indices, content = [], reading.content
+        if reading.key != reading.query:  # read at another stream's input: all of its tokens are real
+            tokens = torch.ones_like(reading.content, dtype=torch.bool)
     elif how == "last":
         last = max(i for i in query_sites if result.sites[i].key == reading.key)
         indices, content = [last], reading.content
@@ -234,7 +237,7 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
     grads = None if result.grads is None else [result.grads[i].float() for i in indices]
     starts = result.starts.get(reading.key, [])  # input x gradient and paths are read at the key stream's input
     trace = Trace(probs=[result.probs[i].float() for i in indices], grads=grads, readout=reading.readout,
-                  token_mask=reading.tokens, content_mask=content,
+                  token_mask=tokens, content_mask=content,
                   attention_relevance=result.attention_relevance.get(reading.query),
                   input_relevance=result.input_relevance.get(reading.query),
                   input_gradients=[result.input_gradients[id(module)] for module in starts

@@ -85,7 +85,7 @@ class CaptioningAdapter(MultimodalAdapter):
     task = "image captioning"
     readings = (("text", "image", False), ("text", "text", False))
     per_pair = ("caption",)
-    numbered = True
+    numbered, reruns = True, True
 
     # --- family specifics -------------------------------------------------------------------------
     @abstractmethod
@@ -219,7 +219,13 @@ class CaptioningAdapter(MultimodalAdapter):
             return logits, explained
 
         if len(steps):
-            captured = self.run(method, run)
+            def rerun(times: int) -> torch.Tensor:
+                logits = self.text_logits(step_pixels.repeat(times, 1, 1, 1), steps.input_ids.repeat(times, 1),
+                                          steps.attention_mask.repeat(times, 1))
+                return rows_of(logits, steps.rows.repeat(times)).float().log_softmax(-1)
+
+            captured = self.run(method, run, rerun=rerun)
+            captured.targets = steps.targets
             image_tokens = captured.probs[0].shape[-1]
             grid, prefix = patch_layout(pixels, self.patch_size(), image_tokens)
             image_rel, text_rel = (to_numpy(r) for r in self.step_relevance(method, captured, steps, image_tokens, prefix))
