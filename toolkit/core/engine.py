@@ -9,8 +9,9 @@ the tasks or in the methods tests a method's or a family's name.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -76,6 +77,25 @@ class Pass:
     input_relevance: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Every parameter's ``requires_grad`` off inside the block, each restored on exit: a backward taken only to
+    activations then saves no input of a linear layer for its weight's gradient (less memory, less work)."""
+    previous = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in previous:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, requires in previous:
+            p.requires_grad_(requires)
+
+
+def _graph_starts(sites: list[Site], streams: dict[str, ModelSpec]) -> bool:
+    """Whether every stream a site reads declares its first layer, where the gradient's graph then starts."""
+    return bool(streams) and all(site.query in streams and site.key in streams for site in sites)
+
+
 def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[Any, torch.Tensor]], *,
              gradients: bool, streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
              lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = ()) -> Pass:
@@ -85,11 +105,13 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     ``streams`` / ``tokens``: the declared stacks and their token counts, whose captures are checked with messages
     that name the declaration. ``lrp(pass)`` -> the starts of the streams LRP runs through (their specs record
     what the rules read); ``record``: further modules whose calls the task reads afterwards (``pass.recorder``).
-    Hooks are released and the attention implementation restored on exit, also when something raised.
+    Hooks are released and the attention implementation restored on exit, also when something raised. Where the
+    graph starts at declared layers, the parameters do not require gradients during the pass (restored after).
     """
     streams, tokens = streams or {}, tokens or {}
     lrp_streams = streams if lrp is not None else {}
-    with explicit_attention(model), Recorder(keep_gradients=gradients) as rec:
+    frozen = frozen_parameters(model) if gradients and _graph_starts(sites, streams) else contextlib.nullcontext()
+    with explicit_attention(model), Recorder(keep_gradients=gradients) as rec, frozen:
         for site in sites:
             rec.record_attention(site.module, site.extract)
         for spec in lrp_streams.values():
