@@ -237,6 +237,12 @@ def _position_bias(modules: list[nn.Module], n_queries: int, n_keys: int) -> np.
     return None
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the demo runs models on the GPU when there is one); the CPU without weights."""
+    weight = next(model.parameters(), None)
+    return torch.device("cpu") if weight is None else weight.device
+
+
 def _check_length(model: nn.Module, n_tokens: int) -> None:
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -329,7 +335,7 @@ def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None 
         _check_length(model, len(ids))
     tokens = {side: tokenizer.convert_ids_to_tokens(ids.tolist()) for side, ids in sides.items()}
 
-    device = next(model.parameters()).device  # the demo runs models on the GPU when there is one
+    device = _device_of(model)
     inputs = {key: value.to(device) for key, value in inputs.items()}
     capture = _QueryKeyCapture(model) if with_neurons else contextlib.nullcontext()
     with _inference(model), capture:
@@ -436,7 +442,7 @@ def image_attention(model: nn.Module, pixel_values: torch.Tensor, normalisation:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise InputError(f"pixel_values must be a tensor of shape [1, 3, height, width], got {shape}.")
     layout = families.layout_for(model)
-    pixel_values = pixel_values.to(next(model.parameters()).device)
+    pixel_values = pixel_values.to(_device_of(model))
     if layout is not None and layout.family.inputs == "image":
         captured = _declared_image_attention(layout, pixel_values)
         patch_h, patch_w = layout.patch_embedding().stride
