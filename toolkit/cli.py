@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import Explainer, ToolkitError, list_methods, loading, render, supported_families, zoo
-from .errors import ToolkitWarning
+from .errors import ConfigError, ToolkitWarning
 from .paths import output_folder
 from .multimodal import MultimodalAdapter
 from .multimodal.clip import pair_grid
@@ -322,6 +322,32 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def bench_command(args) -> int:
+    """Speed and memory of every method against one forward and one backward of the same model."""
+    from .bench import BenchSettings, format_table, run_bench
+
+    def names(value):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+    options = dict(repeats=args.repeats, device=args.device, dtype=args.dtype, memory=not args.no_memory,
+                   evaluation=not args.no_evaluation, threads=args.threads, out=args.out)
+    if args.models:
+        options["models"] = names(args.models)
+    if args.methods:
+        options["methods"] = names(args.methods)
+    if args.batch_sizes:
+        try:
+            options["batch_sizes"] = tuple(int(size) for size in names(args.batch_sizes))
+        except ValueError:
+            raise ConfigError(f"--batch-sizes takes comma-separated integers; got {args.batch_sizes!r}.") from None
+    settings = BenchSettings(**options)
+    report = run_bench(settings, say=lambda line: print(line, file=sys.stderr))
+    print(format_table(report))
+    if settings.out:
+        print(f"\nSaved {settings.out}")
+    return 0
+
+
 def demo_command(args) -> int:
     """The Gradio demo on the built-in models (or a config's), until interrupted."""
     from .demo import load_config, serve
@@ -413,6 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "similarity), the scene models and the scene LM")
     evaluate.add_argument("--out", default="faithfulness", help="folder for faithfulness.json (and the suite's table)")
     evaluate.set_defaults(source="auto", family=None, random_weights=False)
+    bench = commands.add_parser("bench", help="speed and peak memory of every method against one forward and one "
+                                              "backward of the same model (full-size random weights, offline)")
+    bench.add_argument("--models", help="comma-separated (default: all): vit-b16-timm, vit-b16-hf, bert-base-128, "
+                                        "bert-base-512, clip-b32, vilt-vqa, blip-caption, llama-100m; tiny-vit and "
+                                        "tiny-lm check the bench itself in seconds")
+    bench.add_argument("--methods", help="comma-separated (default: every registered method; each model gets those "
+                                         "that apply, the others are listed with the reason)")
+    bench.add_argument("--batch-sizes", help="comma-separated (default: 1,8,32; larger ones are left out after one "
+                                             "runs out of memory)")
+    bench.add_argument("--repeats", type=_positive, default=3, help="timed rounds after a warm-up (default 3)")
+    bench.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    bench.add_argument("--dtype", default="float32", help="float32, bfloat16 (CPU, and GPUs that have it) or "
+                                                          "float16 (CUDA)")
+    bench.add_argument("--threads", type=_positive, help="CPU threads (default: torch's)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    bench.add_argument("--no-evaluation", action="store_true", help="skip the perturbation-curve cost")
+    bench.add_argument("--out", default="bench.json", help="JSON file for the figures (default: bench.json)")
     demo = commands.add_parser("demo", help="launch the Gradio demo (offline on the built-in models)")
     demo.add_argument("--config", help="YAML file: the models of each tab (text, image, image_text, vqa, "
                                        "captioning) and serving limits")
@@ -457,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             return report_command(args)
         if args.command == "evaluate":
             return evaluate_command(args)
+        if args.command == "bench":
+            return bench_command(args)
         if args.command == "demo":
             return demo_command(args)
         if args.command == "export-space":

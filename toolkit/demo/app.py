@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from ..devices import default_device, describe
 from ..errors import ToolkitError
 from ..methods import list_methods
 from .config import TAB_TITLES, DemoConfig
@@ -383,7 +384,8 @@ def build_app(config: DemoConfig | None = None, *, preload: bool = False,
     builders = {"text": _text_tab, "image": _image_tab, "image_text": _image_text_tab, "vqa": _vqa_tab,
                 "captioning": _captioning_tab}
     with gr.Blocks(title=config.title, analytics_enabled=False, delete_cache=(3600, 3600)) as app:
-        gr.Markdown(f"# {config.title}\n{INTRO}", elem_id="tk-header")
+        gr.Markdown(f"# {config.title}\n{INTRO}\n\nExplanations run on the {describe(default_device())}.",
+                    elem_id="tk-header")
         examples = _example_scenes(handlers)
         with gr.Tabs():
             for tab, build in builders.items():

@@ -9,12 +9,14 @@ queue for it, requests on different models run side by side.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch.nn as nn
 
+from ..devices import default_device, describe
 from ..errors import ConfigError
 from ..explainer import Explainer
 from .config import TAB_TITLES, DemoConfig, ModelEntry
@@ -60,11 +62,14 @@ class LoadedModel:
 
 
 def load_entry(tab: str, entry: ModelEntry) -> LoadedModel:
-    """Load ``entry`` for ``tab`` and check that it is a model that tab explains."""
+    """Load ``entry`` for ``tab`` onto the default device (CUDA when present) and check that it is a model that tab
+    explains."""
+    device = default_device()
     if entry.is_zero_shot:
         from ..zoo.sentence_similarity import load_minilm
 
         encoder, tokenizer = load_minilm()
+        _placed(encoder, entry, device)
         return LoadedModel(entry, tab, encoder, tokenizer)
     if entry.is_builtin:
         from .. import zoo
@@ -74,6 +79,7 @@ def load_entry(tab: str, entry: ModelEntry) -> LoadedModel:
     else:
         kwargs = {"pretrained": entry.pretrained} if entry.pretrained is not None else {}
         explainer = Explainer.from_pretrained(entry.model, source=entry.source, **kwargs)
+    _placed(explainer.model, entry, device)
     adapter = explainer.adapter
     kind = getattr(adapter, "task", None) or adapter.modality
     if kind != TAB_KINDS[tab]:
@@ -85,6 +91,11 @@ def load_entry(tab: str, entry: ModelEntry) -> LoadedModel:
         raise ConfigError(f"{entry.model!r} is LXMERT, which reads region features from an object detector; the demo "
                           "takes images only. Explain it from Python with visual_feats= and visual_pos=.")
     return LoadedModel(entry, tab, explainer.model, explainer.adapter.processor, explainer)
+
+
+def _placed(model: nn.Module, entry: ModelEntry, device) -> None:
+    model.to(device)
+    logging.getLogger(__name__).info("%s runs on the %s", entry.model, describe(device))
 
 
 class ModelCache:

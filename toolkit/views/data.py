@@ -180,8 +180,8 @@ class _QueryKeyCapture:
             queries.append(query.float().reshape(n_queries, n_heads, -1).transpose(0, 1))
             keys.append(key.float().reshape(n_keys, n_heads, -1).transpose(0, 1))
         data = NeuronData(
-            queries=torch.stack(queries).numpy(),
-            keys=torch.stack(keys).numpy(),
+            queries=torch.stack(queries).cpu().numpy(),
+            keys=torch.stack(keys).cpu().numpy(),
             scales=np.array([getattr(m, "scaling", None) or (queries[0].shape[-1] ** -0.5) for m in modules],
                             dtype=np.float32),
             causal=np.array([getattr(m, "is_causal", False) for m in modules]),
@@ -233,8 +233,14 @@ def _position_bias(modules: list[nn.Module], n_queries: int, n_keys: int) -> np.
     """T5-style relative position bias [head, query, key], computed by the stock module; None where there is none."""
     for module in modules:
         if getattr(module, "has_relative_attention_bias", False):
-            return module.compute_bias(n_queries, n_keys)[0].float().numpy()
+            return module.compute_bias(n_queries, n_keys)[0].float().cpu().numpy()
     return None
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the demo runs models on the GPU when there is one); the CPU without weights."""
+    weight = next(model.parameters(), None)
+    return torch.device("cpu") if weight is None else weight.device
 
 
 def _check_length(model: nn.Module, n_tokens: int) -> None:
@@ -329,6 +335,8 @@ def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None 
         _check_length(model, len(ids))
     tokens = {side: tokenizer.convert_ids_to_tokens(ids.tolist()) for side, ids in sides.items()}
 
+    device = _device_of(model)
+    inputs = {key: value.to(device) for key, value in inputs.items()}
     capture = _QueryKeyCapture(model) if with_neurons else contextlib.nullcontext()
     with _inference(model), capture:
         outputs = model(**inputs, output_attentions=True)
@@ -338,7 +346,7 @@ def text_attention(model: nn.Module, tokenizer, text_a: str, text_b: str | None 
         attentions = getattr(outputs, field, None)
         if not attentions:
             continue
-        weights = torch.stack([layer[0] for layer in attentions]).float().numpy()
+        weights = torch.stack([layer[0] for layer in attentions]).float().cpu().numpy()
         stacks.append(
             AttentionStack(
                 name=name,
@@ -434,6 +442,7 @@ def image_attention(model: nn.Module, pixel_values: torch.Tensor, normalisation:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
         raise InputError(f"pixel_values must be a tensor of shape [1, 3, height, width], got {shape}.")
     layout = families.layout_for(model)
+    pixel_values = pixel_values.to(_device_of(model))
     if layout is not None and layout.family.inputs == "image":
         captured = _declared_image_attention(layout, pixel_values)
         patch_h, patch_w = layout.patch_embedding().stride
@@ -442,7 +451,7 @@ def image_attention(model: nn.Module, pixel_values: torch.Tensor, normalisation:
         patch_h, patch_w = _patch_size(model)
     if not captured:
         raise UnsupportedModelError(f"{type(model).__name__} returned no attention weights.")
-    weights = torch.stack([layer[0] for layer in captured]).float().numpy()
+    weights = torch.stack([layer[0] for layer in captured]).float().cpu().numpy()
     grid = (pixel_values.shape[2] // patch_h, pixel_values.shape[3] // patch_w)
     prefix = weights.shape[-1] - grid[0] * grid[1]
     if prefix < 0:
