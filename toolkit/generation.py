@@ -13,6 +13,14 @@ from dataclasses import dataclass
 import torch
 
 
+def step_scores(step_logits: torch.Tensor, targets: torch.Tensor, by_logit: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each step's log-probability of its token, the objective explained): the log-probability, or with
+    ``by_logit`` (methods with LRP rules: AttnLRP explains logits) the token's logit. ``step_logits`` (S, V)."""
+    log_probs = step_logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    return log_probs, step_logits.gather(1, targets[:, None])[:, 0] if by_logit else log_probs
+
+
 def rows_of(maps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """maps (B, N, M) read at one row per sample (B,) -> (B, M)."""
     return maps[torch.arange(rows.shape[0], device=rows.device), rows]

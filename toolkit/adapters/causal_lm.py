@@ -27,7 +27,7 @@ from ..core import engine
 from ..errors import InputError
 from ..explanation import CaptionStep, Explanation
 from ..methods import Method
-from ..generation import StepBatch, rows_of
+from ..generation import StepBatch, rows_of, step_scores
 from ..text import group_words, special_token_mask, word_scores
 from .base import DeclaredAdapter
 from .hf_text import TextClassifierAdapter
@@ -209,11 +209,9 @@ class CausalLMAdapter(DeclaredAdapter):
         def forward():
             """The objective is each step's log-probability; under LRP rules its logit (AttnLRP explains logits)."""
             step_logits = rows_of(self._logits(steps, 1), steps.rows).float()
-            log_probs = step_logits.log_softmax(-1)
-            chosen["targets"] = targets = torch.where(guessed, log_probs.argmax(-1), steps.targets)
-            chosen["log_probs"] = log_probs.gather(1, targets[:, None])[:, 0]
-            explained = step_logits if method.rules is not None else log_probs
-            return step_logits, explained.gather(1, targets[:, None])[:, 0]
+            chosen["targets"] = targets = torch.where(guessed, step_logits.argmax(-1), steps.targets)
+            chosen["log_probs"], objective = step_scores(step_logits, targets, method.rules is not None)
+            return step_logits, objective
 
         spec = self.spec
         result = engine.run_pass(self.model, engine.sites_of(spec, "text"), forward, method, streams={"text": spec},

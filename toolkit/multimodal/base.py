@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..core import engine
 from ..core.engine import Site
+from ..core.propagation import one_hot
 from ..core.spec import ModelSpec
 from ..errors import InputError, UnsupportedModelError
 from ..families import Family
@@ -22,12 +23,6 @@ from ..methods import Method
 
 def second_output(output: Any) -> torch.Tensor | None:
     return output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-
-
-def one_hot_rows(indices: torch.Tensor, size: int) -> torch.Tensor:
-    rows = torch.zeros(indices.shape[0], size, device=indices.device)
-    rows[torch.arange(indices.shape[0]), indices] = 1.0
-    return rows
 
 
 def count_items(value: Any, rank: int) -> int:
@@ -262,7 +257,7 @@ class MultimodalAdapter(ABC):
                   tokens: torch.Tensor, content: torch.Tensor, **reading: Any) -> torch.Tensor:
         """Relevance (B, N_key) of ``query``'s tokens at ``rows`` ((B,) positions, or (B, N_query) weights) to
         ``key``'s tokens; ``reading``: the further fields of :class:`toolkit.core.engine.Reading`."""
-        readout = rows if rows.dim() == 2 else one_hot_rows(rows, tokens.shape[1])
+        readout = rows if rows.dim() == 2 else one_hot(rows, tokens.shape[1])
         return engine.attribute(method, result, engine.Reading(query, key, readout, tokens, content, **reading))
 
 

@@ -22,7 +22,7 @@ from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts, warn_cut
 from ..core.engine import Pass
-from ..generation import StepBatch, rows_of
+from ..generation import StepBatch, rows_of, step_scores
 from .base import MultimodalAdapter, reject_unknown, to_numpy
 from .clip import shown_images
 
@@ -213,10 +213,9 @@ class CaptioningAdapter(MultimodalAdapter):
         def run():
             """Each step's log-probability; under LRP rules the objective is its logit (AttnLRP explains logits)."""
             logits = self.text_logits(step_pixels, steps.input_ids, steps.attention_mask)
-            step_logits = rows_of(logits, steps.rows).float()
-            chosen["log_probs"] = step_logits.log_softmax(-1).gather(1, steps.targets[:, None])[:, 0]
-            explained = step_logits.gather(1, steps.targets[:, None])[:, 0] if method.rules else chosen["log_probs"]
-            return logits, explained
+            chosen["log_probs"], objective = step_scores(rows_of(logits, steps.rows).float(), steps.targets,
+                                                         method.rules is not None)
+            return logits, objective
 
         if len(steps):
             def rerun(times: int) -> torch.Tensor:

@@ -14,7 +14,8 @@ from ..methods import Method
 from ..text import encoded_words, read_texts, special_token_mask, unknown_token_mask, word_scores
 from ..core import engine
 from ..core.engine import Pass
-from .base import MultimodalAdapter, count_items, one_hot_rows, reject_unknown, string_list, to_numpy
+from ..core.propagation import one_hot
+from .base import MultimodalAdapter, count_items, reject_unknown, string_list, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -101,9 +102,9 @@ def tower_lrp(adapter: MultimodalAdapter, method: Method, text_method: Method, t
         tokens = {name: result.probs[next(i for i, site in enumerate(result.sites) if site.query == name)].shape[-1]
                   for name in specs}
         batch = shared.shape[0]
-        image_rows = one_hot_rows(torch.zeros(batch, dtype=torch.long, device=shared.device), tokens["image"])
+        image_rows = one_hot(torch.zeros(batch, dtype=torch.long, device=shared.device), tokens["image"])
         return {"image": engine.LRPStart(shared, image_rows, method.lowest_lrp_layer(len(specs["image"].layers))),
-                "text": engine.LRPStart(shared, one_hot_rows(text_rows, tokens["text"]),
+                "text": engine.LRPStart(shared, one_hot(text_rows, tokens["text"]),
                                         text_method.lowest_lrp_layer(len(specs["text"].layers)))}
 
     return starts

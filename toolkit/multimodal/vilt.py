@@ -19,7 +19,7 @@ from ..methods import Method
 from ..text import encoded_words, read_texts, unknown_token_mask, word_scores
 from ..core import engine
 from ..core.propagation import one_hot
-from .base import MultimodalAdapter, one_hot_rows, reject_unknown, string_list, to_numpy
+from .base import MultimodalAdapter, reject_unknown, string_list, to_numpy
 from .captioning import processor_parts
 from .clip import shown_images, special_tokens
 
@@ -144,7 +144,7 @@ class ViltVQAAdapter(MultimodalAdapter):
             """LRP starts at the explained answer's logit and reaches the joint sequence at the pooled [CLS]."""
             logits, spec = result.outputs.logits, self.streams()["joint"]
             spec.check_head(result.recorder, logits)
-            rows = one_hot_rows(torch.zeros(len(pairs), dtype=torch.long, device=self.device),
+            rows = one_hot(torch.zeros(len(pairs), dtype=torch.long, device=self.device),
                                 enc["input_ids"].shape[1] + image_embeds.shape[1])
             return {"joint": engine.LRPStart(one_hot(chosen_answers(targets, logits), logits.shape[-1]), rows,
                                              method.lowest_lrp_layer(len(spec.layers)))}
