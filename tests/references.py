@@ -12,6 +12,8 @@ style (R_in = X * grad(Z, X, grad_outputs=R/Z)) instead of the library's closed-
 - linear: alpha=1, beta=0, no bias;  LayerNorm, activations, softmax, dropout, layer scale: identity;
 - Q K^T and A V: z-rule without bias, each operand's relevance halved; R_A is taken from A V;
 - residual z = a + b: z-rule, then rescaled to |sum R_a| / (|sum R_a| + |sum R_b|) of sum R (per sample);
+  the plain rules of the paper's LRP baselines (``PLAIN``) keep the z-rule alone, and their linear rule divides the
+  x- W- part by twice its own sum, as the reference's ViT_orig_LRP does;
 - fan-out: relevances summed;  head: from a one-hot at the target logit to the read-out token's row;
 - images: the prefix-token/position residual, then z^B on the patch convolution (bounds = the image's min / max).
 """
@@ -135,6 +137,35 @@ def rel_add(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor):
     share_a = safe_divide(sum_a.abs(), sum_a.abs() + sum_b.abs()) * total
     share_b = safe_divide(sum_b.abs(), sum_a.abs() + sum_b.abs()) * total
     return r_a * safe_divide(share_a, sum_a), r_b * safe_divide(share_b, sum_b)
+
+
+def rel_linear_plain(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """alpha=1, beta=0 as the plain-LRP reference ViT (ViT_orig_LRP) writes it: Z1 = x+ W+^T, Z2 = x- W-^T;
+    R_in = x+ * grad_x+(Z1; R / (Z1 + Z2)) + x- * grad_x-(Z2; R / (Z2 + Z2))."""
+    x_pos, x_neg = _leaf(x.clamp(min=0)), _leaf(x.clamp(max=0))
+    z_pos, z_neg = F.linear(x_pos, weight.clamp(min=0)), F.linear(x_neg, weight.clamp(max=0))
+    (g_pos,) = torch.autograd.grad(z_pos, x_pos, safe_divide(relevance, (z_pos + z_neg).detach()))
+    (g_neg,) = torch.autograd.grad(z_neg, x_neg, safe_divide(relevance, (z_neg + z_neg).detach()))
+    return x_pos.detach() * g_pos + x_neg.detach() * g_neg
+
+
+def rel_add_plain(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor):
+    """Residual a + b by the z-rule alone (plain LRP: no rescaling)."""
+    a, b = _leaf(a), _leaf(b)
+    z = a + b
+    g_a, g_b = torch.autograd.grad(z, (a, b), safe_divide(relevance, z.detach()))
+    return a.detach() * g_a, b.detach() * g_b
+
+
+@dataclass(frozen=True)
+class RefRules:
+    """The rules that differ between the CVPR 2021 paper's own LRP and the plain LRP of its baselines."""
+    linear: Callable
+    add: Callable
+
+
+CVPR2021 = RefRules(rel_linear, rel_add)
+PLAIN = RefRules(rel_linear_plain, rel_add_plain)
 
 
 def rel_patch_conv_zb(pixels: torch.Tensor, weight: torch.Tensor, stride, relevance: torch.Tensor) -> torch.Tensor:
@@ -319,18 +350,18 @@ def layer_forward(layer: Layer, x: torch.Tensor, stock_attention: torch.Tensor, 
     return f
 
 
-def layer_relevance(layer: Layer, f: dict[str, torch.Tensor], r_out: torch.Tensor):
+def layer_relevance(layer: Layer, f: dict[str, torch.Tensor], r_out: torch.Tensor, rules: RefRules = CVPR2021):
     """(relevance of the layer input, relevance of the attention map (H, N, N), bookkeeping sums)."""
     # out = [LN2](x1 + mlp_out): LN identity, residual rule
-    r_x1_skip, r_mlp = rel_add(f["x1"], f["mlp_out"], r_out)
-    r_m = rel_linear(f["m"], layer.fc2[0], r_mlp)                       # activation: identity
-    r_x1 = r_x1_skip + rel_linear(f["h2"], layer.fc1[0], r_m)          # fan-out of x1 (LN2 identity)
+    r_x1_skip, r_mlp = rules.add(f["x1"], f["mlp_out"], r_out)
+    r_m = rules.linear(f["m"], layer.fc2[0], r_mlp)                     # activation: identity
+    r_x1 = r_x1_skip + rules.linear(f["h2"], layer.fc1[0], r_m)        # fan-out of x1 (LN2 identity)
     # x1 = [LN1](x + attn_out); a layer scale passes relevance unchanged
-    r_x_skip, r_attn = rel_add(f["x"], f["attn_out"], r_x1)
-    r_ctx = _heads(rel_linear(f["ctx"], layer.o[0], r_attn), layer.heads)
+    r_x_skip, r_attn = rules.add(f["x"], f["attn_out"], r_x1)
+    r_ctx = _heads(rules.linear(f["ctx"], layer.o[0], r_attn), layer.heads)
     r_a, r_v = rel_matmul(f["A"], f["v"], r_ctx)                       # context = A V
     r_q, r_kt = rel_matmul(f["q"], f["k"].transpose(-1, -2), r_a)      # softmax identity, scale irrelevant
-    r_h = sum(rel_linear(f["h"], p[0], _merge(r)) for p, r in
+    r_h = sum(rules.linear(f["h"], p[0], _merge(r)) for p, r in
               ((layer.q, r_q), (layer.k, r_kt.transpose(-1, -2)), (layer.v, r_v)))
     sums = {"out": r_out.sum(), "x1": r_x1.sum(), "ctx": r_ctx.sum(), "A+V": r_a.sum() + r_v.sum(),
             "in": (r_x_skip + r_h).sum()}
@@ -350,8 +381,8 @@ class LRPResult:
 _LRP_CACHE: dict = {}
 
 
-def reference_lrp(case, i: int, target: int | None) -> LRPResult:
-    key = (case.name, id(case), i, target)
+def reference_lrp(case, i: int, target: int | None, rules: RefRules = CVPR2021) -> LRPResult:
+    key = (case.name, id(case), i, target, rules)
     if key in _LRP_CACHE:
         return _LRP_CACHE[key]
     p: RefPass = case.run(i)
@@ -375,15 +406,15 @@ def reference_lrp(case, i: int, target: int | None) -> LRPResult:
     relevance = torch.zeros_like(x)
     relevance[t] = 1.0
     for (lin, _), x_in in reversed(list(zip(s.head, head_inputs))):
-        relevance = rel_linear(x_in, lin[0], relevance)
+        relevance = rules.linear(x_in, lin[0], relevance)
     r = torch.zeros_like(hidden[-1])
     r[case.readout] = relevance                                     # the read-out row; final norm: identity
     attention, sums = [None] * len(s.layers), [None] * len(s.layers)
     for index in reversed(range(len(s.layers))):
-        r, attention[index], sums[index] = layer_relevance(s.layers[index], saved[index], r)
+        r, attention[index], sums[index] = layer_relevance(s.layers[index], saved[index], r, rules)
     result = LRPResult(t, attention, r, sums)
     if case.modality == "image":
-        result.pixels, result.patch_sum = _pixel_relevance(case, p, hidden[0], r)
+        result.pixels, result.patch_sum = _pixel_relevance(case, p, hidden[0], r, rules)
     _LRP_CACHE[key] = result
     return result
 
@@ -402,7 +433,7 @@ def embedding(case) -> tuple[nn.Conv2d, torch.Tensor, torch.Tensor]:
     raise AssertionError(fam)
 
 
-def _pixel_relevance(case, p: RefPass, first_input: torch.Tensor, r_first: torch.Tensor):
+def _pixel_relevance(case, p: RefPass, first_input: torch.Tensor, r_first: torch.Tensor, rules: RefRules):
     conv, prefix, position = embedding(case)
     weight = conv.weight.detach().to(DTYPE)
     pixels = p.pixels.to(DTYPE)
@@ -412,16 +443,16 @@ def _pixel_relevance(case, p: RefPass, first_input: torch.Tensor, r_first: torch
     position = position.detach().to(DTYPE).expand_as(tokens)
     torch.testing.assert_close(tokens + position, first_input, rtol=1e-5, atol=1e-5,
                                msg=f"{case.name}: re-computed embeddings != stock first hidden state")
-    r_tokens, _ = rel_add(tokens, position, r_first)
+    r_tokens, _ = rules.add(tokens, position, r_first)
     r_patches = r_tokens[prefix.shape[0]:].T.reshape(d, gh, gw)   # the prefix rows are dropped
     r_pixels = rel_patch_conv_zb(pixels, weight, conv.stride, r_patches)
     return r_pixels.sum(dim=0), float(r_patches.sum())
 
 
-def ref_partial_lrp(case, i: int, target) -> torch.Tensor:
+def ref_partial_lrp(case, i: int, target, rules: RefRules = CVPR2021) -> torch.Tensor:
     """Voita et al. as in CVPR 2021: the last attention map's LRP relevance, heads' positive parts averaged, in the
     read-out row."""
-    return reference_lrp(case, i, target).attention[-1].clamp(min=0).mean(dim=0)[case.readout]
+    return reference_lrp(case, i, target, rules).attention[-1].clamp(min=0).mean(dim=0)[case.readout]
 
 
 def ref_transformer_attribution(case, i: int, target, start: int) -> torch.Tensor:

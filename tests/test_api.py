@@ -41,7 +41,8 @@ def image_explainer():
 
 def test_list_methods_has_every_method():
     assert set(toolkit.list_methods()) == {"raw_attention", "rollout", "attention_gradcam", "generic",
-                                           "transformer_attribution", "lrp", "partial_lrp", "attnlrp", "cp_lrp",
+                                           "transformer_attribution", "lrp", "partial_lrp", "lrp_plain",
+                                           "partial_lrp_plain", "attnlrp", "cp_lrp",
                                            "integrated_gradients", "gradient_x_input", "generic_attnlrp",
                                            "attnlrp_routed"}
 

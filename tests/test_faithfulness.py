@@ -208,3 +208,26 @@ def test_wrong_requests_are_input_errors(text_explainer):
         evaluate(text_explainer, TEXTS, metrics=("accuracy",))
     with pytest.raises(InputError, match="removal"):
         evaluate(text_explainer, TEXTS, removal="blur")
+
+
+def test_random_baseline_scores_seeded_random_relevance_on_the_same_decisions(text_explainer, wordpiece):
+    """"random" is scored like a method: each decision's tokens ranked by seeded uniform noise (the same noise on
+    every call), with the target the methods explain; its MoRF AUC equals the curve of that noise by hand."""
+    first = evaluate(text_explainer, TEXTS, methods=["random", "generic"], metrics=("morf_auc",))
+    again = evaluate(text_explainer, TEXTS, methods=["random"], metrics=("morf_auc",))
+    assert first.methods == ["random", "generic"] and not first.refused
+    assert first.values("random", "morf_auc") == again.values("random", "morf_auc")
+    assert first.values("random", "morf_auc") != first.values("generic", "morf_auc")
+    rng = np.random.default_rng(0)
+    model, tokenizer = text_explainer.model, text_explainer.adapter.tokenizer
+    for index, (text, explanation) in enumerate(zip(TEXTS, text_explainer.explain(TEXTS, method="generic"))):
+        ids = torch.tensor(tokenizer(text)["input_ids"])
+        noise = rng.random(ids.shape[0])
+
+        def predict(batch, target=explanation.target):
+            with torch.no_grad():
+                return model(input_ids=batch).logits.softmax(-1)[:, target].numpy()
+
+        curve = metrics.perturbation_curve(predict, ids, noise, "positive", baseline="drop",
+                                           protected=explanation.special_tokens)
+        assert math.isclose(curve.auc, first.values("random", "morf_auc")[(index, None)], abs_tol=1e-5)

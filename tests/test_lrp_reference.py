@@ -1,6 +1,6 @@
-"""LRP-based methods (lrp, partial_lrp, transformer_attribution) against the reference LRP of tests/references.py,
-written from the CVPR 2021 rules in the "gradprop" style (see there), on float64 copies of the models (see
-references.DTYPE for why).
+"""LRP-based methods (lrp, partial_lrp, transformer_attribution, and lrp_plain / partial_lrp_plain by the plain rules
+of the paper's baselines) against the reference LRP of tests/references.py, written from the CVPR 2021 rules in the
+"gradprop" style (see there), on float64 copies of the models (see references.DTYPE for why).
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import references
-from conftest import CASE_NAMES
-from references import DTYPE, other_target, ref_partial_lrp, ref_transformer_attribution, reference_lrp
+from conftest import CASE_NAMES, make_zero_shot
+from references import (CVPR2021, DTYPE, PLAIN, other_target, ref_partial_lrp, ref_transformer_attribution,
+                        reference_lrp)
 
 TEXT_CASES = [n for n in CASE_NAMES if n not in ("hf_vit", "timm_vit")]
 IMAGE_CASES = ["hf_vit", "timm_vit"]
@@ -45,34 +46,51 @@ def test_reference_reproduces_model_and_conserves_per_layer(cases_float64, case_
 
 
 # --- the three LRP-based methods against the reference -----------------------------------------------
+RULE_SETS = {"lrp": ("lrp", "partial_lrp", CVPR2021), "plain": ("lrp_plain", "partial_lrp_plain", PLAIN)}
+
+
+@pytest.mark.parametrize("rule_set", RULE_SETS)
 @pytest.mark.parametrize("target_mode", ["predicted", "other"])
 @pytest.mark.parametrize("case_name", CASE_NAMES)
-def test_lrp_matches_reference(cases_float64, case_name, target_mode):
+def test_lrp_matches_reference(cases_float64, case_name, target_mode, rule_set):
     case = cases_float64[case_name]
     targets = targets_for(case, target_mode)
-    for i, exp in enumerate(explain_all(case, "lrp", targets)):
-        ref = reference_lrp(case, i, targets[i])
+    method, _, rules = RULE_SETS[rule_set]
+    for i, exp in enumerate(explain_all(case, method, targets)):
+        ref = reference_lrp(case, i, targets[i], rules)
         assert exp.target == ref.target
         if case.modality == "text":
-            assert_scores(exp.scores, ref.first.sum(dim=-1), f"{case_name}[{i}] lrp tokens")
+            assert_scores(exp.scores, ref.first.sum(dim=-1), f"{case_name}[{i}] {method} tokens")
         else:
             assert exp.heatmap.shape == (32, 32)
-            assert_scores(exp.heatmap, ref.pixels, f"{case_name}[{i}] lrp pixels")
+            assert_scores(exp.heatmap, ref.pixels, f"{case_name}[{i}] {method} pixels")
             per_patch = ref.pixels.reshape(4, 8, 4, 8).sum(dim=(1, 3)).reshape(-1)
             assert_scores(exp.scores, torch.cat([torch.zeros(1, dtype=DTYPE), per_patch]),
-                          f"{case_name}[{i}] lrp per-patch scores")
+                          f"{case_name}[{i}] {method} per-patch scores")
 
 
+@pytest.mark.parametrize("rule_set", RULE_SETS)
 @pytest.mark.parametrize("target_mode", ["predicted", "other"])
 @pytest.mark.parametrize("case_name", CASE_NAMES)
-def test_partial_lrp_matches_reference(cases_float64, case_name, target_mode):
+def test_partial_lrp_matches_reference(cases_float64, case_name, target_mode, rule_set):
     case = cases_float64[case_name]
     targets = targets_for(case, target_mode)
-    for i, exp in enumerate(explain_all(case, "partial_lrp", targets)):
-        expected = ref_partial_lrp(case, i, targets[i])
-        assert_scores(exp.scores, expected, f"{case_name}[{i}] partial_lrp")
+    _, method, rules = RULE_SETS[rule_set]
+    for i, exp in enumerate(explain_all(case, method, targets)):
+        expected = ref_partial_lrp(case, i, targets[i], rules)
+        assert_scores(exp.scores, expected, f"{case_name}[{i}] {method}")
         if case.modality == "image":
-            assert_scores(exp.heatmap.ravel(), expected[1:], f"{case_name}[{i}] partial_lrp heatmap")
+            assert_scores(exp.heatmap.ravel(), expected[1:], f"{case_name}[{i}] {method} heatmap")
+
+
+@pytest.mark.parametrize("case_name", ["bert", "hf_vit"])
+def test_the_two_rule_sets_differ(cases_float64, case_name):
+    """The plain rules are not the paper's own under another name: on the same model and target, full LRP by the two
+    rule sets differs (the plain residual does not renormalise, and its linear rule does not conserve)."""
+    case = cases_float64[case_name]
+    own, plain = (reference_lrp(case, 0, None, rules).first.sum(dim=-1) for rules in (CVPR2021, PLAIN))
+    assert float(plain.sum()) != pytest.approx(float(own.sum()), rel=1e-3)
+    assert not torch.allclose(own / own.abs().max(), plain / plain.abs().max(), atol=1e-2)
 
 
 @pytest.mark.parametrize("target_mode", ["predicted", "other"])
@@ -118,3 +136,52 @@ def test_lrp_image_conservation(cases_float64, case_name):
         assert float(ref.pixels.sum()) == pytest.approx(ref.patch_sum, abs=1e-5)
         assert float(exp.heatmap.sum()) == pytest.approx(ref.patch_sum, abs=1e-4), f"{case_name}[{i}]"
         assert float(exp.scores.sum()) == pytest.approx(float(exp.heatmap.sum()), abs=1e-5)
+
+
+# --- a head without Linear layers: the zero-shot classifier's cosine over mean-pooled tokens -------------------
+ZERO_SHOT_TEXTS = ["a wonderful film with a great cast", "dull", "the plot was boring and far too long"]
+
+
+@pytest.fixture(scope="module")
+def zero_shot(wordpiece):
+    from toolkit import Explainer
+
+    model = make_zero_shot(wordpiece).to(DTYPE)
+    return Explainer(model, wordpiece)
+
+
+def test_zero_shot_lrp_starts_at_input_x_gradient_of_the_held_norm_logit(zero_shot, wordpiece):
+    """LRP starts at the encoder's output tokens: with the pooled vector's norm held constant, the cosine is linear
+    in the tokens, so its relevance is input x gradient there (by autograd here), and it sums to the logit."""
+    from toolkit.zero_shot import mean_pool
+
+    model = zero_shot.model
+    encoded = wordpiece(ZERO_SHOT_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.encoder(**encoded).last_hidden_state
+        logits = model(**encoded).logits
+    leaf = hidden.clone().requires_grad_(True)
+    pooled = mean_pool(leaf, encoded.attention_mask)
+    held = (pooled / pooled.norm(dim=-1, keepdim=True).detach()) @ model.label_embeddings.T / model.temperature
+    targets = torch.tensor([0, 2, 1])
+    (grad,) = torch.autograd.grad(held.gather(1, targets[:, None]).sum(), leaf)
+    start = zero_shot.adapter.spec.token_start(hidden, encoded.attention_mask, targets)
+    torch.testing.assert_close(start, hidden * grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(start.sum(dim=(1, 2)), logits.gather(1, targets[:, None])[:, 0], rtol=1e-10, atol=1e-12)
+    assert float(start[encoded.attention_mask == 0].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("method", ["lrp", "transformer_attribution", "partial_lrp", "lrp_plain"])
+def test_zero_shot_lrp_methods_conserve_and_batch(zero_shot, wordpiece, method):
+    """The LRP-based methods reach the zero-shot classifier; under the paper's rules the token relevance sums to the
+    explained logit (its start's sum), and a padded batch gives each text what it gets alone."""
+    batched = zero_shot.explain(ZERO_SHOT_TEXTS, method=method)
+    for text, exp in zip(ZERO_SHOT_TEXTS, batched):
+        alone = zero_shot.explain(text, method=method)
+        assert_scores(exp.scores, torch.as_tensor(alone.scores, dtype=DTYPE), f"zero-shot {method} batched")
+        if method == "lrp":
+            encoded = wordpiece(text, return_tensors="pt")
+            with torch.no_grad():
+                logit = float(zero_shot.model(**encoded).logits[0, exp.target])
+            assert float(exp.scores.sum()) == pytest.approx(logit, rel=1e-5)
+        assert float(abs(exp.scores).sum()) > 0

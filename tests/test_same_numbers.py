@@ -80,12 +80,18 @@ def close(actual, expected, what: str, atol_rel: float) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=atol, err_msg=what)
 
 
+# Methods a family has gained on purpose since the record (they add numbers and move none): the zero-shot classifier's
+# cosine head got its LRP start (issue 13).
+GAINED = {"zero_shot": {"lrp", "partial_lrp", "transformer_attribution"}}
+
+
 @pytest.mark.parametrize("name", sorted(json.loads(RECORD.read_text())) if RECORD.exists() else [])
 def test_same_numbers_as_before(wordpiece, name):
     recorded = json.loads(RECORD.read_text())[name]
     make, processor, inputs = subjects(wordpiece)[name]
     now = compute(make, processor, inputs)
-    assert now["applicable"] == recorded["applicable"], f"{name}: the methods that apply changed"
+    assert set(now["applicable"]) == set(recorded["applicable"]) | GAINED.get(name, set()), \
+        f"{name}: the methods that apply changed"
     for method in recorded["applicable"]:
         before, after = recorded[method], now[method]
         assert after["targets"] == before["targets"], f"{name} {method}: targets"

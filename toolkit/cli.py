@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="a folder of images, a text file (one text or prompt per line), a CSV file "
                                          "with a 'text' column (and 'target'), or 'scenes' (a built-in model's "
                                          "held-out decisions with their ground truth)")
-    evaluate.add_argument("--methods", help="comma-separated (default: every method that applies)")
+    evaluate.add_argument("--methods", help="comma-separated (default: every method that applies; random adds the "
+                          "random baseline)")
     evaluate.add_argument("--metrics", help="comma-separated, from morf_auc,lerf_auc,lerf_minus_morf,"
                                             "comprehensiveness,sufficiency,mass_accuracy,rank_accuracy,pointing_game")
     evaluate.add_argument("--count", type=_positive, help="how many items (default: all; scenes and --suite: 40)")

@@ -231,9 +231,16 @@ class Explainer:
             return logits, logits.gather(1, chosen["targets"][:, None])[:, 0]
 
         def lrp_start(result: engine.Pass) -> dict[str, engine.LRPStart]:
+            lowest = method.lowest_lrp_layer(len(spec.layers))
+            if spec.token_start is not None:
+                last = spec.layers[-1]
+                hidden = result.recorder.call(last.block, last.call).output
+                hidden = (hidden[0] if isinstance(hidden, tuple) else hidden).detach()
+                return {"main": engine.LRPStart(spec.token_start(hidden, batch.token_mask, chosen["targets"]), None,
+                                                lowest)}
             spec.check_head(result.recorder, result.outputs)
             start = one_hot(chosen["targets"], spec.head[-1].out_features)
-            return {"main": engine.LRPStart(start, readout, method.lowest_lrp_layer(len(spec.layers)))}
+            return {"main": engine.LRPStart(start, readout, lowest)}
 
         result = engine.run_pass(self.model, engine.sites_of(spec, "main"), forward, method, streams={"main": spec},
                                  tokens={"main": batch.token_mask.shape[1]}, lrp=lrp_start if method.needs_lrp else None,
@@ -243,7 +250,7 @@ class Explainer:
         result.targets = chosen["targets"]
         if method.needs_input_relevance:
             result.input_relevance["main"] = self.adapter.input_relevance(result.recorder, result.first_layer["main"],
-                                                                          batch)
+                                                                          batch, method.propagation_rules)
         with torch.no_grad():
             reading = engine.Reading("main", "main", readout, batch.token_mask, batch.content_mask)
             relevance = engine.attribute(method, result, reading).detach().float().cpu().numpy()

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..core.capture import Recorder
+from ..core.lrp import PropagationRules
 from ..core.spec import ModelSpec
 from ..errors import InputError
 from ..families import Family
@@ -80,8 +81,9 @@ class ModelAdapter(ABC):
         """Run the model and return class logits (B, C)."""
 
     @abstractmethod
-    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Map LRP relevance at the first layer's input back to the model's input units."""
+    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch,
+                        rules: PropagationRules) -> torch.Tensor:
+        """Map LRP relevance at the first layer's input back to the model's input units, by the method's rules."""
 
     def input_modules(self) -> list[nn.Module]:
         """Modules whose calls :meth:`input_relevance` reads."""

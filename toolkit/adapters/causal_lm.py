@@ -54,7 +54,7 @@ class CausalLMAdapter(DeclaredAdapter):
     def logits(self, batch):
         raise InputError("A language model has no class logits: explain(prompt) explains its next token.")
 
-    def input_relevance(self, rec, first_layer_relevance, batch):
+    def input_relevance(self, rec, first_layer_relevance, batch, rules):
         raise NotImplementedError("the LRP-based methods are refused for language models")
 
     # --- inputs -------------------------------------------------------------------------------------

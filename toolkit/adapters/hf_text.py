@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..core.capture import Recorder
+from ..core.lrp import PropagationRules
 from ..errors import InputError, warn
 from ..families.declaration import logits_of
 from ..text import encoded_words, group_words, read_texts, special_token_mask, unknown_token_mask
@@ -140,7 +141,8 @@ class TextClassifierAdapter(DeclaredAdapter):
     def logits(self, batch: Batch) -> torch.Tensor:
         return logits_of(self.layout.forward(**batch.model_inputs))
 
-    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch,
+                        rules: PropagationRules) -> torch.Tensor:
         """Relevance of each token: the relevance of its embedding vector, summed over features."""
         return first_layer_relevance.sum(dim=-1)
 

@@ -181,8 +181,10 @@ class ImageClassifierAdapter(DeclaredAdapter):
     def input_modules(self) -> list[nn.Module]:
         return [self.patch_conv()]
 
-    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Pixel relevance (B, H, W): through the position-embedding addition, then the z^B rule on the patch conv."""
+    def input_relevance(self, rec: Recorder, first_layer_relevance: torch.Tensor, batch: Batch,
+                        rules: lrp.PropagationRules) -> torch.Tensor:
+        """Pixel relevance (B, H, W): through the position-embedding addition (the rules' residual rule), then the
+        z^B rule on the patch conv."""
         conv = self.patch_conv()
         call = rec.call(conv)
         patches = lrp.working(call.output)
@@ -190,7 +192,7 @@ class ImageClassifierAdapter(DeclaredAdapter):
         prefix = lrp.working(self.prefix_tokens()).expand(b, -1, -1)
         tokens = torch.cat([prefix, patches.flatten(2).transpose(1, 2)], dim=1)
         layer_input = lrp.working(rec.call(self.spec.layers[0].block, self.spec.layers[0].call).input)
-        r_tokens, _ = lrp.residual_add(tokens, layer_input - tokens, first_layer_relevance)
+        r_tokens, _ = rules.residual(tokens, layer_input - tokens, first_layer_relevance)
         r_patches = r_tokens[:, self.num_prefix_tokens:].transpose(1, 2).reshape(b, d, gh, gw)
         with torch.no_grad():
             pixels = lrp.patch_embedding_zb(lrp.working(call.input), _working_conv(conv), r_patches)

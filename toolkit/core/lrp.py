@@ -1,17 +1,21 @@
 """The LRP rules of Chefer, Gur & Wolf, "Transformer Interpretability Beyond Attention
-Visualization" (CVPR 2021), applied to tensors captured from a stock model.
+Visualization" (CVPR 2021), applied to tensors captured from a stock model, in two rule sets
+(:data:`CVPR2021_RULES`, :data:`PLAIN_RULES`, see :class:`PropagationRules`).
 
 - linear layers: the alpha=1, beta=0 rule (only positive contributions, no bias);
 - LayerNorm, GELU, tanh, softmax, dropout: relevance passes unchanged;
 - the two attention products (Q K^T and A V): the z-rule, relevance split in half between operands;
 - residual additions: the z-rule, then each operand's relevance rescaled so that the shares follow
-  |sum R_operand| and the total is conserved ("normalised" residual);
+  |sum R_operand| and the total is conserved ("normalised" residual); the plain rule set keeps the z-rule alone;
 - the pixel-facing patch embedding: the z^B rule, bounded by each image's lowest and highest value.
 
 Every function works on a batch; sums that the rules normalise by are taken per sample. The rules run
 in float32, or in float64 for a float64 model (see :func:`working`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +54,25 @@ def linear_alpha1_beta0(x: torch.Tensor, weight: torch.Tensor, relevance: torch.
     return (s @ w_pos).mul_(x_pos).addcmul_(s @ w_neg, x_neg)
 
 
+def linear_alpha1_beta0_plain(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    """alpha=1, beta=0 as the reference's plain-LRP ViT (``ViT_orig_LRP``, the CVPR 2021 paper's LRP baselines)
+    computes it: the x- W- contributions divided by twice their own sum instead of by the whole positive sum, so
+    that the layer does not conserve. Followed as written: the baselines' numbers come from it (the textbook rule
+    moves full LRP maps to a correlation of 0.82-0.96 with the reference's)."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    z_pos, z_neg = F.linear(x_pos, w_pos), F.linear(x_neg, w_neg)
+    s_pos, s_neg = safe_divide(relevance, z_pos + z_neg), safe_divide(relevance, z_neg + z_neg)
+    return (s_pos @ w_pos).mul_(x_pos).addcmul_(s_neg @ w_neg, x_neg)
+
+
+def residual_add_plain(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The z-rule alone for ``a + b``: each operand's share of every element, without the per-sample
+    renormalisation of :func:`residual_add`."""
+    s = safe_divide(relevance, a + b)
+    return a * s, b * s
+
+
 def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
 
@@ -62,6 +85,20 @@ def residual_add(a: torch.Tensor, b: torch.Tensor, relevance: torch.Tensor) -> t
     share_a = safe_divide(sum_a.abs(), sum_a.abs() + sum_b.abs()) * total
     share_b = safe_divide(sum_b.abs(), sum_a.abs() + sum_b.abs()) * total
     return r_a * safe_divide(share_a, sum_a), r_b * safe_divide(share_b, sum_b)
+
+
+@dataclass(frozen=True)
+class PropagationRules:
+    """The two rules that tell the CVPR 2021 paper's own propagation (Transformer Attribution's) from the plain LRP
+    of its baselines; every other rule (attention products, LayerNorm, activations, the pixel z^B) is shared."""
+
+    name: str
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    residual: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+CVPR2021_RULES = PropagationRules("cvpr2021", linear_alpha1_beta0, residual_add)
+PLAIN_RULES = PropagationRules("plain", linear_alpha1_beta0_plain, residual_add_plain)
 
 
 def matmul_z(left: torch.Tensor, right: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

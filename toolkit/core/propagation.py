@@ -4,8 +4,9 @@
 read-out row of a product such as rollout's A_L ... A_1 is ever needed, so we carry a (B, N)
 vector instead of forming (B, N, N) products (O(L N^2) instead of O(L N^3)).
 
-``lrp_through_layers`` applies the CVPR 2021 LRP rules (see :mod:`toolkit.core.lrp`) backwards
-through captured layers and returns the relevance of every attention map.
+``lrp_through_layers`` applies a set of LRP rules (:class:`toolkit.core.lrp.PropagationRules`: the CVPR 2021
+paper's own or the plain ones of its baselines) backwards through captured layers and returns the relevance of
+every attention map.
 """
 from __future__ import annotations
 
@@ -62,17 +63,17 @@ def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
-def _projection_relevance(spec: LayerSpec, rec: Recorder, r_q, r_k, r_v) -> torch.Tensor:
+def _projection_relevance(spec: LayerSpec, rec: Recorder, rules: lrp.PropagationRules, r_q, r_k, r_v
+                          ) -> torch.Tensor:
     """Relevance of the attention input, through the Q, K, V projections (fused or separate)."""
     c = spec.call
     if spec.qkv is not None:
         call = rec.call(spec.qkv, c)
         r_qkv = torch.cat([_merge_heads(r) for r in (r_q, r_k, r_v)], dim=-1)
-        return lrp.linear_alpha1_beta0(working(call.input), working(spec.qkv.weight), r_qkv)
+        return rules.linear(working(call.input), working(spec.qkv.weight), r_qkv)
     total = 0
     for linear, r in zip((spec.query, spec.key, spec.value), (r_q, r_k, r_v)):
-        total = total + lrp.linear_alpha1_beta0(working(rec.call(linear, c).input), working(linear.weight),
-                                                _merge_heads(r))
+        total = total + rules.linear(working(rec.call(linear, c).input), working(linear.weight), _merge_heads(r))
     return total
 
 
@@ -94,7 +95,8 @@ def _scaled(branch: torch.Tensor, scale: torch.Tensor | float | None) -> torch.T
     return branch * (working(scale).to(branch.device) if torch.is_tensor(scale) else scale)
 
 
-def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, probs: torch.Tensor):
+def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, probs: torch.Tensor,
+                      rules: lrp.PropagationRules = lrp.CVPR2021_RULES):
     """Relevance of the layer's input and of its attention map, from the relevance of its output."""
     c = spec.call
     x = working(rec.call(spec.block, c).input)
@@ -104,36 +106,40 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
     # Pre-LN: the MLP's residual stream is x + attention; post-LN: it is the LayerNorm output, fc1's input.
     mid = x + attn_out if spec.norm_first else fc1_in
 
-    r_mid_skip, r_mlp = lrp.residual_add(mid, mlp_out, relevance)
-    r_hidden = lrp.linear_alpha1_beta0(working(rec.call(spec.fc2, c).input), working(spec.fc2.weight), r_mlp)
-    r_mid = r_mid_skip + lrp.linear_alpha1_beta0(fc1_in, working(spec.fc1.weight), r_hidden)
+    r_mid_skip, r_mlp = rules.residual(mid, mlp_out, relevance)
+    r_hidden = rules.linear(working(rec.call(spec.fc2, c).input), working(spec.fc2.weight), r_mlp)
+    r_mid = r_mid_skip + rules.linear(fc1_in, working(spec.fc1.weight), r_hidden)
 
-    r_x_skip, r_attn = lrp.residual_add(x, attn_out, r_mid)
-    r_context = lrp.linear_alpha1_beta0(working(rec.call(spec.out_proj, c).input), working(spec.out_proj.weight),
-                                        r_attn)
+    r_x_skip, r_attn = rules.residual(x, attn_out, r_mid)
+    r_context = rules.linear(working(rec.call(spec.out_proj, c).input), working(spec.out_proj.weight), r_attn)
     q, k, v = _qkv(spec, rec)
     r_probs, r_q, r_k, r_v = lrp.attention_core(q, k, v, probs, _split_heads(r_context, spec.num_heads))
-    return r_x_skip + _projection_relevance(spec, rec, r_q, r_k, r_v), r_probs
+    return r_x_skip + _projection_relevance(spec, rec, rules, r_q, r_k, r_v), r_probs
 
 
 @torch.no_grad()
 def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], start: torch.Tensor,
-                       readout: torch.Tensor, lowest_layer: int = 0):
+                       readout: torch.Tensor, lowest_layer: int = 0,
+                       rules: lrp.PropagationRules = lrp.CVPR2021_RULES):
     """Run LRP from ``start``, the relevance at the output of the spec's last head module (B, D) (a one-hot target
     logit for a classifier), through the head to the token rows it reads (``readout`` (B, N) weights), then down
-    to the input of layer ``lowest_layer``.
+    to the input of layer ``lowest_layer``. With ``readout`` None, ``start`` is the relevance of the last layer's
+    output tokens (B, N, D) already (a head without Linear layers: ``ModelSpec.token_start``).
 
     Returns (relevance of that layer's input (B, N, D), relevance of each attention map, None
     below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones.
     """
     spec.check_lrp()
-    relevance = start.to(lrp.working_dtype(spec.head[-1].weight.dtype))
-    for linear in reversed(spec.head):
-        relevance = lrp.linear_alpha1_beta0(working(rec.call(linear).input), working(linear.weight), relevance)
-    tokens = readout.to(relevance.dtype)[:, :, None] * relevance[:, None, :]
+    if readout is None:
+        tokens = working(start)
+    else:
+        relevance = start.to(lrp.working_dtype(spec.head[-1].weight.dtype))
+        for linear in reversed(spec.head):
+            relevance = rules.linear(working(rec.call(linear).input), working(linear.weight), relevance)
+        tokens = readout.to(relevance.dtype)[:, :, None] * relevance[:, None, :]
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):
-        tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index])
+        tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index], rules)
     return tokens, attention_relevance
 
 

@@ -81,6 +81,8 @@ class ModelSpec:
     readout: str = "token"
     lrp_blocker: str | None = None
     attnlrp_blocker: str | None = None  # why the AttnLRP / CP-LRP rules (core.lrp_rules) cannot pass, if they cannot
+    # (last layer's output (B, N, D), token mask, targets) -> its LRP relevance, for a head without Linear layers
+    token_start: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     origin: str = "the adapter"
     paths: dict[int, str] = field(default_factory=dict)
     nearby: Callable[[str], str] = field(default=lambda path: "", repr=False)
@@ -88,7 +90,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.readout not in READOUTS:
             raise ValueError(f"readout {self.readout!r} is none of {READOUTS}")
-        if self.readout not in ("token", "given") and self.lrp_blocker is None:
+        if self.readout not in ("token", "given") and self.lrp_blocker is None and self.token_start is None:
             self.lrp_blocker = "the prediction reads a mean over tokens, and mean pooling has no LRP rule here"
 
     def check_lrp(self) -> None:

@@ -24,6 +24,9 @@ Metrics (``HIGHER_IS_BETTER`` says which way is better):
 - ``mass_accuracy``, ``rank_accuracy``, ``pointing_game`` where an item carries a ground-truth mask (``truth``): a
   2-d mask scores the image map, a 1-d one the token scores, special tokens left out (:mod:`.metrics`).
 
+The pseudo-method ``"random"`` (:data:`RANDOM`) scores relevance drawn uniformly at random for every decision
+(seeded): the baseline an explanation must beat.
+
 Every perturbed copy of every probe of a method goes through the model in batches of ``batch_size`` under
 ``torch.no_grad()``, with the model's fused attention (:func:`fused_attention`; the explanations themselves run as
 the explainer runs them). :func:`compare` gives the paired difference of two methods on the same decisions.
@@ -34,7 +37,7 @@ import contextlib
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -663,6 +666,21 @@ def compare(evaluation: Evaluation, method_a: str, method_b: str, metric: str) -
     return Comparison(method_a, method_b, metric, *mean_confidence_interval(differences), differences.size)
 
 
+RANDOM = "random"
+RANDOM_SEED = 0
+
+
+def _random_probes(family: Family, items: list[Item], explainer: Any, batch_size: int) -> list[Probe]:
+    """The decisions of the cheapest applicable method (their inputs and targets), each unit's relevance drawn
+    uniformly at random instead."""
+    method = min(explainer.applicable_methods(), key=lambda name: name != "raw_attention")
+    explanations = family.explain(items, method, batch_size)
+    rng = np.random.default_rng(RANDOM_SEED)
+    return [replace(probe, relevance=rng.random(probe.relevance.shape))
+            for index, (item, explanation) in enumerate(zip(items, explanations))
+            for probe in family.probes(index, item, explanation)]
+
+
 def evaluate(explainer: Any, inputs: Any, methods: Sequence[str] | None = None, metrics: Sequence[str] = METRICS,
              batch_size: int = 64, progress: bool | None = None, steps: Sequence[float] = DEFAULT_STEPS,
              bins: Sequence[float] = ERASER_BINS, removal: str = "drop", explain_batch_size: int = 16) -> Evaluation:
@@ -670,8 +688,8 @@ def evaluate(explainer: Any, inputs: Any, methods: Sequence[str] | None = None, 
 
     ``inputs``: texts, images or prompts (or a list of :class:`Item` / mappings with ``inputs``, ``target``,
     ``truth``; image-text models take mappings of their keywords: ``{"image": ..., "text": ...}``). ``methods``:
-    default every method that applies; one that does not apply is reported in ``refused``. The time of each
-    method's explanations is measured per item (``seconds``)."""
+    default every method that applies; one that does not apply is reported in ``refused``; ``"random"`` adds the
+    random baseline. The time of each method's explanations is measured per item (``seconds``)."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise InputError(f"Unknown metrics {unknown}; available: {', '.join(METRICS)}.")
@@ -682,16 +700,20 @@ def evaluate(explainer: Any, inputs: Any, methods: Sequence[str] | None = None, 
     family = family_of(explainer, removal)
     items = as_items(inputs, isinstance(explainer.adapter, MultimodalAdapter))
     methods = list(methods or explainer.applicable_methods())
-    refused = {method: reason for method in methods if (reason := explainer.method_refusal(method)) is not None}
+    refused = {method: reason for method in methods
+               if method != RANDOM and (reason := explainer.method_refusal(method)) is not None}
     rows = []
     show = progress if progress is not None else len(items) * len(methods) > 20
     for method in tqdm([m for m in methods if m not in refused], desc="methods", disable=not show):
-        family.explain(items[:1], method, explain_batch_size)  # first calls set things up: not timed
-        start = time.perf_counter()
-        explanations = family.explain(items, method, explain_batch_size)
-        seconds = (time.perf_counter() - start) / len(items)
-        probes = [probe for index, (item, explanation) in enumerate(zip(items, explanations))
-                  for probe in family.probes(index, item, explanation)]
+        if method == RANDOM:
+            probes, seconds = _random_probes(family, items, explainer, explain_batch_size), 0.0
+        else:
+            family.explain(items[:1], method, explain_batch_size)  # first calls set things up: not timed
+            start = time.perf_counter()
+            explanations = family.explain(items, method, explain_batch_size)
+            seconds = (time.perf_counter() - start) / len(items)
+            probes = [probe for index, (item, explanation) in enumerate(zip(items, explanations))
+                      for probe in family.probes(index, item, explanation)]
         for result in probe_results(probes, family.scorer, metrics, steps, bins, batch_size, bool(show)):
             rows.append({"item": result.item, "step": result.step, "method": method, "seconds": seconds,
                          **result.values})

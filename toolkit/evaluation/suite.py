@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..paths import output_folder
-from .faithfulness import DELETION_METRICS, ERASER_METRICS, HIGHER_IS_BETTER, METRICS, Evaluation, Item, evaluate
+from .faithfulness import (DELETION_METRICS, ERASER_METRICS, HIGHER_IS_BETTER, METRICS, RANDOM, Evaluation, Item,
+                           evaluate)
 
 SCENE_MODELS = ("vit", "clip", "vilt", "captioner", "lm")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -170,11 +171,12 @@ def merged(parts: list[Evaluation]) -> Evaluation:
 def run_suite(count: int = 40, methods: Sequence[str] | None = None, out: str | Path = "faithfulness",
               models: Sequence[str] = ("minilm-zero-shot", "minilm-similarity", *SCENE_MODELS),
               batch_size: int = 64, progress: bool = True) -> dict[str, Evaluation]:
-    """Every method (default: every registered one; those a model refuses are listed as such) on every model, ``count``
-    decisions each (similarity: ``count / 2`` pairs, both sides); prints the table and saves JSON and text in ``out``."""
+    """Every method (default: the random baseline and every registered method; those a model refuses are listed as
+    such) on every model, ``count`` decisions each (similarity: ``count / 2`` pairs, both sides); prints the table and
+    saves JSON and text in ``out``."""
     from ..methods import list_methods
 
-    methods = list(methods or list_methods())
+    methods = list(methods or [RANDOM, *list_methods()])
     folder = output_folder(out, "the evaluation's out folder")
     evaluations = {}
     for model in models:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import inspect
 import re
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ KEYS = {
                "token), or {from: path, values: {value: read-out}}",
     "prefix_tokens": "images: parameters (1, k, dim) placed before the patches (class, distillation, registers)",
     "patch_embedding": "images: the Conv2d that turns pixels into patch tokens",
+    "lrp_start": "a named quirk giving LRP's start at the last layer's output tokens, for a head without Linear layers "
+                 "(label-similarity: toolkit.zero_shot's cosine with label descriptions over mean-pooled tokens)",
     "lrp_blockers": "[{reason: why LRP cannot pass, if_present: [paths], rules: [cvpr2021, attnlrp]}]: refuse the "
                     "LRP-based methods (those of the rule sets listed; all when rules is left out)",
     "gated_mlp": "true when fc2 reads the product of two projections (GLU, SwiGLU: Llama, ModernBERT); AttnLRP splits "
@@ -168,6 +171,7 @@ class Family:
         self._one_of("source", quirks.SOURCES, optional=True)
         self._one_of("norm", ("pre", "post"), optional=True)
         self._one_of("layer_order", quirks.LAYER_ORDERS, optional=True)
+        self._one_of("lrp_start", quirks.LRP_STARTS, optional=True)
         for key in ("layers", "patch_embedding", *LINEAR_PARTS, *MODULE_PARTS, *SCALE_PARTS):
             if key in self.entry and not isinstance(self.entry[key], str):
                 raise self.error(f"{key} must be a path (a string); got {self.entry[key]!r}")
@@ -446,9 +450,11 @@ class Layout:
         blocker = self._declared_blocker("cvpr2021") or next((b for b in blockers if b), None)
         if blocker is None and not head and kind == "token":
             blocker = "the entry declares no head (the Linear layers from the read-out token to the logits)"
+        start = entry.get("lrp_start")
+        token_start = None if start is None else functools.partial(quirks.LRP_STARTS[start], self.model)
         return ModelSpec(layers=layers, head=head, readout=kind, readout_index=index, lrp_blocker=blocker,
-                         attnlrp_blocker=self._declared_blocker("attnlrp"), origin=self.family.label, paths=paths,
-                         nearby=self.nearby)
+                         attnlrp_blocker=self._declared_blocker("attnlrp"), token_start=token_start,
+                         origin=self.family.label, paths=paths, nearby=self.nearby)
 
     def _absent_parts(self, parts: dict, norm: str | None) -> str | None:
         """Why LRP cannot pass a layer whose entry leaves out (or marks absent) a part the rules read."""

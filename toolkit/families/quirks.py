@@ -1,11 +1,13 @@
-"""What a declaration cannot say as data: layers that run several times (ALBERT), and how a library's image
-models read pictures and name their classes (Hugging Face image processors, timm transforms)."""
+"""What a declaration cannot say as data: layers that run several times (ALBERT), where LRP starts for a head
+without linear layers (the zero-shot classifier), and how a library's image models read pictures and name their
+classes (Hugging Face image processors, timm transforms)."""
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from ..errors import InputError, warn
@@ -30,6 +32,22 @@ def albert_shared(model: nn.Module, found: list[tuple[tuple[int, ...], str, nn.M
 
 
 LAYER_ORDERS = {"albert-shared": albert_shared}
+
+
+def label_similarity_start(model: nn.Module, hidden: torch.Tensor, token_mask: torch.Tensor,
+                           targets: torch.Tensor) -> torch.Tensor:
+    """Relevance (B, N, D) of the encoder's output tokens for logit_c = <p / |p|, l_c> / T, p the mean of the real
+    tokens (toolkit.zero_shot): with |p| held constant, as the rules hold LayerNorm's deviation, the logit is linear
+    in p, so R(p_d) = p_d l_cd / (|p| T); the z-rule through the mean gives token i the share h_id / (M p_d) of it.
+    The relevances sum to the logit."""
+    weights = token_mask[..., None].to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1)
+    labels = model.label_embeddings[targets].to(hidden.dtype)
+    scale = pooled.norm(dim=-1, keepdim=True) * weights.sum(1) * model.temperature
+    return weights * hidden * (labels / scale)[:, None, :]
+
+
+LRP_STARTS = {"label-similarity": label_similarity_start}
 
 
 class HuggingFaceImages:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
+from ..core.lrp import CVPR2021_RULES, PropagationRules
 from ..core.lrp_rules import RuleSet
 from ..core.propagation import identity_share, propagate_row
 from ..core.spec import ModelSpec
@@ -26,6 +27,8 @@ class Method:
     needs_gradients: ClassVar[bool] = False
     needs_lrp: ClassVar[bool] = False
     needs_input_relevance: ClassVar[bool] = False
+    # The rules of the LRP pass (needs_lrp): the CVPR 2021 paper's own, or the plain ones of its baselines
+    propagation_rules: ClassVar[PropagationRules] = CVPR2021_RULES
     # LRP rules applied as a modified backward pass (AttnLRP, CP-LRP): the trace then holds input x gradient
     rules: ClassVar[RuleSet | None] = None
     reruns_model: ClassVar[bool] = False  # runs the model itself through trace.rerun (integrated gradients)

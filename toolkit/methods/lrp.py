@@ -10,7 +10,8 @@ from .registry import register
 @register
 class LRP(Method):
     name = "lrp"
-    summary = "Full LRP (CVPR 2021 rules) down to the input: per token, or per pixel for images."
+    summary = ("Full LRP with the CVPR 2021 paper's own rules (normalised residuals, as in Transformer Attribution), "
+               "down to the input: per token, or per pixel for images.")
     needs_lrp = True
     needs_input_relevance = True
 

@@ -11,7 +11,8 @@ from .registry import register
 @register
 class PartialLRP(Method):
     name = "partial_lrp"
-    summary = "Partial LRP (Voita et al. 2019, as in Chefer et al. CVPR 2021): LRP relevance of the last attention map."
+    summary = ("Partial LRP (Voita et al. 2019): LRP relevance of the last attention map, by the CVPR 2021 paper's own "
+               "rules (normalised residuals).")
     needs_lrp = True
 
     def lowest_lrp_layer(self, num_layers: int) -> int:
