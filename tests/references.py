@@ -600,3 +600,58 @@ def reference_attnlrp(case, i: int, target: int | None, value_share: float = 0.5
                                                    stride=conv.stride)
             result.pixels = (pixels * conv_back)[0].sum(dim=0)
     return result
+
+
+# --- the path methods (gradient x input, integrated gradients) by hand, from a stream's first layer --------------------
+def from_first_layer(block: nn.Module, run: Callable[[int], torch.Tensor]
+                     ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(f, x): ``x`` (N, D) the input of ``block`` (a stream's first layer) when ``run(1)`` runs the model on one
+    sample, and f(points (K, N, D)) -> (K,) the objective ``run(K)`` gives for the sample repeated K times with those
+    points in place of that input (each point on its own row of the batch)."""
+    seen = []
+    handle = block.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            run(1)
+    finally:
+        handle.remove()
+
+    def f(points: torch.Tensor) -> torch.Tensor:
+        handle = block.register_forward_pre_hook(lambda module, args: (points.to(args[0].dtype), *args[1:]))
+        try:
+            return run(points.shape[0])
+        finally:
+            handle.remove()
+
+    return f, seen[0][0]
+
+
+def gradient_x_input_by_hand(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """x * df/dx summed over features (N,)."""
+    point = x[None].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(f(point).sum(), point)
+    return (x * grad[0]).sum(-1)
+
+
+def path_integral(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x0: torch.Tensor, points: int = 400,
+                  chunk: int = 100) -> torch.Tensor:
+    """Integrated gradients by hand: (x - x0) . the mean gradient of f at the midpoints of ``points`` equal steps of
+    the straight path from x0 to x, summed over features (N,)."""
+    alphas = (torch.arange(points, dtype=x.dtype) + 0.5) / points
+    total = torch.zeros_like(x)
+    for part in alphas.split(chunk):
+        line = (x0 + part[:, None, None] * (x - x0)).requires_grad_()
+        total += torch.autograd.grad(f(line).sum(), line)[0].sum(0)
+    return ((x - x0) * total / points).sum(-1)
+
+
+def completeness_gap(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x0: torch.Tensor, total: float,
+                     steps: int) -> tuple[float, float, float]:
+    """(sum of the relevance - (f(x) - f(x0)), captum's convergence delta on f with the same steps, f(x) - f(x0))."""
+    from captum.attr import IntegratedGradients
+
+    with torch.no_grad():
+        change = float(f(x[None]) - f(x0[None]))
+    _, delta = IntegratedGradients(f).attribute(x[None], baselines=x0[None], n_steps=steps,
+                                                return_convergence_delta=True)
+    return total - change, float(delta), change

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
 
+from references import DTYPE, completeness_gap, from_first_layer, gradient_x_input_by_hand, path_integral
 from toolkit import Explainer, InputError, ToolkitWarning, UnsupportedModelError
 
 QUESTIONS = ["what colour is the ball?", "how many dogs"]
@@ -191,3 +192,104 @@ def test_unknown_words_and_the_answer_explained(vqa):
           pytest.warns(ToolkitWarning, match=r"Question #0: '\u2603' is not in the model's vocabulary")):
         exp = Explainer(model, processor).explain(image=images[0], question="is the \u2603 red", answer="\u2603")
     assert "[UNK]" in exp.tokens and exp.answer == "[UNK]"
+
+
+# --- the path methods: the image encoder's and the question encoder's first-layer inputs ---------------------------
+def answer_log_p(model, processor, image, question, answer_ids, block):
+    """(f, x) of tests/references.from_first_layer: log p(answer | image, question), teacher-forced, through the stock
+    sub-models, with points in place of ``block``'s input (the first layer of the image or the question encoder)."""
+    pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"].to(DTYPE)
+    question_ids = processor.tokenizer([question], return_tensors="pt")["input_ids"]
+    decoder_ids = torch.tensor([[101] + answer_ids])
+
+    def run(k):
+        vision = model.vision_model(pixel_values=pixels.expand(k, -1, -1, -1))
+        encoded = model.text_encoder(input_ids=question_ids.expand(k, -1), encoder_hidden_states=vision.last_hidden_state)
+        decoded = model.text_decoder(input_ids=decoder_ids.expand(k, -1), encoder_hidden_states=encoded.last_hidden_state)
+        log_probs = decoded.logits.log_softmax(-1)
+        return sum(log_probs[:, t, token] for t, token in enumerate(answer_ids))
+
+    return from_first_layer(block, run)
+
+
+def streams_by_hand(model, processor, image, question, answer_ids):
+    """{stream: (f, x)} for the question and the image."""
+    return {"question": answer_log_p(model, processor, image, question, answer_ids, model.text_encoder.encoder.layer[0]),
+            "image": answer_log_p(model, processor, image, question, answer_ids, model.vision_model.encoder.layers[0])}
+
+
+def test_gradient_x_input_matches_autograd_at_each_streams_input(vqa):
+    """Every pair of a grid (questions of two lengths: two groups): the question's relevance and the patches' are
+    x * d log p(answer) / dx at the question encoder's and the image encoder's first layer."""
+    model, processor, images = vqa
+    model = copy.deepcopy(model).to(DTYPE)
+    exps = Explainer(model, processor).explain(image=images, question=QUESTIONS, answer="two red balls",
+                                               method="gradient_x_input")
+    answer_ids = processor.tokenizer("two red balls", add_special_tokens=False)["input_ids"]
+    for b, exp in enumerate(exps):
+        by_hand = streams_by_hand(model, processor, images[b // 2], QUESTIONS[b % 2], answer_ids)
+        f, x = by_hand["question"]
+        torch.testing.assert_close(torch.from_numpy(exp.scores).to(DTYPE), gradient_x_input_by_hand(f, x),
+                                   rtol=1e-4, atol=1e-6)
+        assert np.log(exp.probability) == pytest.approx(float(f(x[None]).detach()), rel=1e-6)
+        f, x = by_hand["image"]
+        torch.testing.assert_close(torch.from_numpy(exp.heatmap).to(DTYPE),
+                                   gradient_x_input_by_hand(f, x)[1:].reshape(4, 4), rtol=1e-4, atol=1e-6)
+        assert exp.heatmap.std() > 0 and exp.scores.std() > 0
+
+
+def test_integrated_gradients_match_a_path_integral_by_hand_and_are_complete(vqa):
+    """Per pair and stream: (x - x0) . the mean gradient of log p(answer) over 400 points of the straight path from
+    the mean token x0, by hand, against captum's 64 Gauss-Legendre points; the question's relevance sums to
+    log p(answer) at x less at x0, up to captum's convergence delta."""
+    model, processor, images = vqa
+    model = copy.deepcopy(model).to(DTYPE)
+    exps = Explainer(model, processor).explain(image=images[0], question=QUESTIONS, answer="two red balls",
+                                               method="integrated_gradients", steps=64, internal_batch_size=48)
+    answer_ids = processor.tokenizer("two red balls", add_special_tokens=False)["input_ids"]
+    for question, exp in zip(QUESTIONS, exps):
+        by_hand = streams_by_hand(model, processor, images[0], question, answer_ids)
+        for stream, relevance in (("question", exp.scores), ("image", exp.heatmap.ravel())):
+            f, x = by_hand[stream]
+            x0 = x.mean(dim=0, keepdim=True).expand_as(x)
+            expected = path_integral(f, x, x0)
+            if stream == "image":
+                expected = expected[1:]  # the patches, [CLS] left out
+            torch.testing.assert_close(torch.from_numpy(relevance).to(DTYPE), expected, rtol=1e-3,
+                                       atol=1e-3 * float(expected.abs().max()))
+        f, x = by_hand["question"]
+        gap, delta, change = completeness_gap(f, x, x.mean(dim=0, keepdim=True).expand_as(x),
+                                              float(exp.scores.sum()), 64)
+        assert gap == pytest.approx(delta, abs=1e-5 * abs(change) + 1e-6)
+        assert abs(delta) < 1e-3 * abs(change)
+
+
+@pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients"])
+def test_path_methods_batch_like_one_pair_and_leave_the_model_as_it_was(vqa, method):
+    """A grid of pairs gives what each pair gives alone; the answer and its probability are the stock model's (as
+    generic reports them); no hook is left; the steps run ``internal_batch_size`` inputs per forward. In float64: in
+    float32 a batch of two and a batch of one round differently by up to ~2e-4 of a relevance."""
+    model, processor, images = vqa
+    model = copy.deepcopy(model).to(DTYPE)
+    before = hook_ids(model)
+    ex = Explainer(model, processor)
+    options = dict(steps=8, internal_batch_size=6) if method == "integrated_gradients" else {}
+    batched = ex.explain(image=images, question=QUESTIONS, method=method, max_new_tokens=2, **options)
+    plain = ex.explain(image=images, question=QUESTIONS, method="generic", max_new_tokens=2)
+    assert hook_ids(model) == before
+    for b, (exp, reference_exp) in enumerate(zip(batched, plain)):
+        assert exp.answer == reference_exp.answer
+        assert exp.probability == pytest.approx(reference_exp.probability, rel=1e-5)
+        alone = ex.explain(image=images[b // 2], question=QUESTIONS[b % 2], method=method, max_new_tokens=2, **options)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
+    sizes = []
+    handle = model.text_encoder.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(
+        kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        ex.explain(image=images, question=QUESTIONS[0], answer="two", method=method, **options)
+    finally:
+        handle.remove()
+    # the pass itself, then per stream (image, question) one forward for gradient x input, or the 8 steps of both
+    # pairs 3 at a time (internal_batch_size 6 // 2 pairs)
+    assert sizes == ([2, 6, 6, 4, 6, 6, 4] if method == "integrated_gradients" else [2, 2, 2])

@@ -4,12 +4,15 @@ so the reference runs the stock sub-modules layer by layer with output_attention
 the stock logits, and applies the rules with full matrices, one unpadded pair at a time."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering
 
+from references import DTYPE, completeness_gap, from_first_layer, gradient_x_input_by_hand, path_integral
 from toolkit import Explainer, InputError, UnsupportedModelError, render
 from toolkit.explanation import Explanation
 
@@ -206,3 +209,110 @@ def test_region_overlay_paints_each_pixel_with_its_most_relevant_box():
     assert (top == overlap).all() and not (top == lower).all() and not (lower == outside).all()
     # No box: zero relevance leaves the image as overlays show it (muted: black lightened to a dark grey).
     np.testing.assert_array_equal(outside, [round(255 * render.MUTED_LIGHTENING)] * 3)
+
+
+# --- the path methods: the question's embeddings and the regions' features at their streams' first layers ----------
+def answer_logit(model, tok, question, feats, boxes, answer, block):
+    """(f, x) of tests/references.from_first_layer: the answer's logit (what the other methods explain) from the stock
+    forward of one unpadded pair, with points in place of ``block``'s input (the first language or relational
+    layer)."""
+    ids = tok([question], return_tensors="pt")["input_ids"]
+    feats, boxes = torch.from_numpy(feats)[None].to(DTYPE), torch.from_numpy(boxes)[None].to(DTYPE)
+
+    def run(k):
+        scores = model(input_ids=ids.expand(k, -1), visual_feats=feats.expand(k, -1, -1),
+                       visual_pos=boxes.expand(k, -1, -1)).question_answering_score
+        return scores[:, answer]
+
+    return from_first_layer(block, run)
+
+
+def streams_by_hand(model, tok, question, feats, boxes, answer):
+    encoder = model.lxmert.encoder
+    return {stream: answer_logit(model, tok, question, feats, boxes, answer, block)
+            for stream, block in (("text", encoder.layer[0]), ("image", encoder.r_layers[0]))}
+
+
+def test_gradient_x_input_matches_autograd_at_each_streams_input(lxmert):
+    """One padded batch (questions of two lengths, 5 and 3 regions): per pair, x * d logit / dx at the first language
+    layer's input (every question token) and at the first relational layer's (every region)."""
+    model, tok, sets = lxmert
+    model = copy.deepcopy(model).to(DTYPE)
+    exps = Explainer(model, tok).explain(question=QUESTIONS, visual_feats=[f for f, _ in sets],
+                                         visual_pos=[b for _, b in sets], method="gradient_x_input")
+    for exp, question, (feats, boxes) in zip(exps, QUESTIONS, sets):
+        by_hand = streams_by_hand(model, tok, question, feats, boxes, exp.target)
+        for stream, relevance in (("text", exp.scores), ("image", exp.heatmap)):
+            f, x = by_hand[stream]
+            torch.testing.assert_close(torch.from_numpy(relevance).to(DTYPE), gradient_x_input_by_hand(f, x),
+                                       rtol=1e-4, atol=1e-6)
+        assert exp.probability == pytest.approx(float(torch.sigmoid(f(x[None]).detach())), rel=1e-6)
+        assert exp.heatmap.std() > 0 and exp.scores.std() > 0
+
+
+def test_integrated_gradients_match_a_path_integral_by_hand_and_are_complete(lxmert):
+    """Per pair and stream (padded in the batch: the mean token x0 is that of the pair's own tokens or regions):
+    (x - x0) . the mean gradient of the answer's logit over 400 points of the straight path, by hand, against
+    captum's 64 Gauss-Legendre points; each stream's relevance sums to the logit at x less at x0, up to captum's
+    convergence delta."""
+    model, tok, sets = lxmert
+    model = copy.deepcopy(model).to(DTYPE)
+    exps = Explainer(model, tok).explain(question=QUESTIONS, visual_feats=[f for f, _ in sets],
+                                         visual_pos=[b for _, b in sets], method="integrated_gradients", steps=64,
+                                         internal_batch_size=48)
+    for exp, question, (feats, boxes) in zip(exps, QUESTIONS, sets):
+        by_hand = streams_by_hand(model, tok, question, feats, boxes, exp.target)
+        for stream, relevance in (("text", exp.scores), ("image", exp.heatmap)):
+            f, x = by_hand[stream]
+            x0 = x.mean(dim=0, keepdim=True).expand_as(x)
+            expected = path_integral(f, x, x0)
+            torch.testing.assert_close(torch.from_numpy(relevance).to(DTYPE), expected, rtol=1e-3,
+                                       atol=1e-3 * float(expected.abs().max()))
+            gap, delta, change = completeness_gap(f, x, x0, float(relevance.sum()), 64)
+            assert gap == pytest.approx(delta, abs=1e-5 * abs(change) + 1e-6)
+            assert abs(delta) < 1e-3 * abs(change)
+
+
+@pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients"])
+def test_path_methods_batch_like_one_pair_and_leave_the_model_as_it_was(lxmert, method):
+    """A padded batch gives what each pair gives alone; the answer and its score are the stock model's (as generic
+    reports them); no hook is left; the steps run ``internal_batch_size`` inputs per forward. In float64 (float32
+    rounds a padded batch and a single pair differently)."""
+    model, tok, sets = lxmert
+    model = copy.deepcopy(model).to(DTYPE)
+    before = hook_ids(model)
+    ex = Explainer(model, tok)
+    options = dict(steps=8, internal_batch_size=6) if method == "integrated_gradients" else {}
+    regions = dict(visual_feats=[f for f, _ in sets], visual_pos=[b for _, b in sets])
+    batched = ex.explain(question=QUESTIONS, method=method, **regions, **options)
+    plain = ex.explain(question=QUESTIONS, method="generic", **regions)
+    assert hook_ids(model) == before
+    for exp, reference_exp, question, (feats, boxes) in zip(batched, plain, QUESTIONS, sets):
+        assert (exp.target, exp.answer) == (reference_exp.target, reference_exp.answer)
+        assert exp.probability == pytest.approx(reference_exp.probability, rel=1e-6)
+        alone = ex.explain(question=question, visual_feats=feats, visual_pos=boxes, method=method, **options)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-5, atol=1e-8)
+    sizes = []
+    handle = model.lxmert.encoder.x_layers[0].register_forward_pre_hook(
+        lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        ex.explain(question=QUESTIONS, method=method, **regions, **options)
+    finally:
+        handle.remove()
+    # the pass itself, then per stream (text, regions) one forward for gradient x input, or the 8 steps of both
+    # pairs 3 at a time (internal_batch_size 6 // 2 pairs)
+    assert sizes == ([2, 6, 6, 4, 6, 6, 4] if method == "integrated_gradients" else [2, 2, 2])
+
+
+def test_path_methods_need_both_streams_first_layers(lxmert):
+    """Without relational layers the regions reach the co-attention straight from their embedding: no first layer
+    of their own to run the model again from, so the path methods are refused (the attention methods still apply)."""
+    model, tok, sets = lxmert
+    config = copy.deepcopy(model.config)
+    config.r_layers = 0
+    ex = Explainer(LxmertForQuestionAnswering(config).eval(), tok)
+    for method in ("integrated_gradients", "gradient_x_input"):
+        assert "runs the model again from a stream's first-layer input" in ex.method_refusal(method)
+    assert "generic" in ex.applicable_methods()
+    assert {"integrated_gradients", "gradient_x_input"} <= set(Explainer(model, tok).applicable_methods())

@@ -114,7 +114,7 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
              streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
              lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = (),
              inputs: dict[str, list[nn.Module]] | None = None, rerun: Callable[[int], torch.Tensor] | None = None,
-             cross: list[ModelSpec] = ()) -> Pass:
+             cross: list[ModelSpec] = (), first_layers: dict[str, nn.Module] | None = None) -> Pass:
     """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take one backward pass from the
     objective's sum where the method needs it: to every attention map (``needs_gradients``), and under the method's
     LRP rules (``rules``, applied for the pass and undone after) to every start of the graph.
@@ -125,14 +125,18 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     ``inputs``: per stream, modules before its first layer where the rules' graph starts too (the pixels' patch
     embedding); ``rerun(R)``: the task's outputs (R*B, C) for its inputs repeated R times, which the path methods
     run again with other inputs of a stream's first layer; ``cross``: the projections of cross-attention (one
-    stack per stream that attends to another), where the LRP rules apply too. Hooks are released and the attention
-    implementation restored on exit, also when something raised. For attention gradients where the graph starts at
-    declared layers, the parameters do not require gradients during the pass (restored after).
+    stack per stream that attends to another), where the LRP rules apply too; ``first_layers``: per stream whose
+    layers are not declared (Python sites), its first layer, from whose input the path methods run again. Hooks are
+    released and the attention implementation restored on exit, also when something raised. For attention gradients
+    where the graph starts at declared layers, the parameters do not require gradients during the pass (restored
+    after).
     """
     streams, tokens = streams or {}, tokens or {}
     lrp_streams = streams if lrp is not None else {}
     starts = {name: [*(inputs or {}).get(name, []), spec.layers[0].block] if method.rules is not None
               else [spec.layers[0].block] for name, spec in streams.items()}
+    if method.reruns_model:
+        starts.update({name: [block] for name, block in (first_layers or {}).items() if name not in starts})
     rules = (method.rules.applied(model, *streams.values(), *cross) if method.rules is not None
              else contextlib.nullcontext())
     # Frozen parameters start the graph at the declared first layers' inputs. Attention gradients need no more; the
@@ -155,8 +159,8 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
                 for module in modules:
                     rec.start_graph_at(module)
         if method.reruns_model:
-            for spec in streams.values():
-                rec.record(spec.layers[0].block)
+            for modules in starts.values():
+                rec.record(modules[-1])
         with torch.set_grad_enabled(takes_backward(method)):  # also under a caller's no_grad()
             outputs, objective = forward()
             for name, spec in streams.items():
@@ -167,8 +171,7 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
             if takes_backward(method):
                 _backward(method, rec, objective, calls, result)
     if method.reruns_model and rerun is not None:
-        result.rerun = {name: rerun_from(spec.layers[0].block, rerun, objective.shape[0])
-                        for name, spec in streams.items()}
+        result.rerun = {name: rerun_from(modules[-1], rerun, objective.shape[0]) for name, modules in starts.items()}
     if lrp is not None:
         for name, start in lrp(result).items():
             indices = [i for i, site in enumerate(sites) if site.query == name and site.is_self]
@@ -228,7 +231,9 @@ class Reading:
     """What a task asks of a pass: the relevance of ``query``'s rows (``readout`` (B, N_query) weights) to ``key``'s
     tokens (``content`` (B, N_key) marks the ones an explanation is about; ``tokens`` (B, N_query) the real tokens of
     the query stream). ``links``: site index -> (target, source, positions (B, K)) copies of ``source``'s outputs
-    into ``target`` before that site (GIT); ``positions``: where ``key``'s tokens sit in ``query``'s sequence."""
+    into ``target`` before that site (GIT); ``positions``: where ``key``'s tokens sit in ``query``'s sequence;
+    ``key_tokens`` (B, N_key): the real tokens of another stream ``key`` read at its input, where it is padded
+    (LXMERT's regions; None: all are real)."""
 
     query: str
     key: str
@@ -239,6 +244,7 @@ class Reading:
     links: dict[int, tuple[str, str, torch.Tensor]] = field(default_factory=dict)
     positions: torch.Tensor | None = None
     stream_content: torch.Tensor | None = None
+    key_tokens: torch.Tensor | None = None
 
 
 def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
@@ -250,8 +256,9 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
     tokens = reading.tokens
     if how == "input":
         indices, content = [], reading.content
-        if reading.key != reading.query:  # read at another stream's input: all of its tokens are real
-            tokens = torch.ones_like(reading.content, dtype=torch.bool)
+        if reading.key != reading.query:  # read at another stream's input: its own real tokens
+            tokens = (torch.ones_like(reading.content, dtype=torch.bool) if reading.key_tokens is None
+                      else reading.key_tokens)
     elif how == "last":
         last = max(i for i in query_sites if result.sites[i].key == reading.key)
         indices, content = [last], reading.content

@@ -78,7 +78,10 @@ class BlipVQAAdapter(MultimodalAdapter):
     relevance reaches the answer through the question encoder's states (the third-modality chain of
     RelevanceState.cross_attention). Baselines: the question encoder's last cross-attention to the image,
     read at the question's first token (the state BLIP's encoder summarises into), and the answer decoder's
-    last cross-attention to the question, at the answer rows.
+    last cross-attention to the question, at the answer rows. The methods read at a stream's input (AttnLRP,
+    CP-LRP, gradient x input, integrated gradients) give the patches' relevance at the image encoder's first layer and
+    the question's at the question encoder's, for the whole log p(answer) (the sum of its tokens' logits under the
+    rules); the path methods run the model again from those inputs, teacher-forced on the answer.
 
     Questions and answers longer than the text positions are cut, with a warning naming the words left out
     (``text`` is the part of the question read); words outside the vocabulary are named in a warning too.
@@ -93,7 +96,7 @@ class BlipVQAAdapter(MultimodalAdapter):
     examples = "Hugging Face BlipForQuestionAnswering (Salesforce/blip-vqa-*)"
     model_types = ("blip",)
     readings = (("answer", "question", False),)  # the image: see image_relevance
-    text_keyword, per_pair = "question", ("answer",)
+    text_keyword, per_pair, reruns = "question", ("answer",), True
 
     @classmethod
     def load(cls, name: str, **kwargs):
@@ -140,18 +143,30 @@ class BlipVQAAdapter(MultimodalAdapter):
 
         chosen = {}
 
+        def decode(times: int = 1):
+            """The answer decoder's outputs for the group repeated ``times`` times, and the answer tokens' rows."""
+            with output_of(self.model.text_decoder) as decoded:
+                self.model(input_ids=question_ids.repeat(times, 1), pixel_values=pixels.repeat(times, 1, 1, 1),
+                           decoder_input_ids=decoder_ids.repeat(times, 1),
+                           decoder_attention_mask=decoder_mask.repeat(times, 1))
+            return decoded[0], next_ids.repeat(times, 1)[..., None], (answer_rows > 0).repeat(times, 1)
+
+        def answer_log_p(decoded, tokens, rows):
+            return (decoded.logits.float().log_softmax(-1).gather(-1, tokens)[..., 0] * rows).sum(-1)
+
         def run():
             """log p(answer); under LRP rules the objective is the sum of its tokens' logits (AttnLRP explains logits)."""
-            with output_of(self.model.text_decoder) as decoded:
-                self.model(input_ids=question_ids, pixel_values=pixels, decoder_input_ids=decoder_ids,
-                           decoder_attention_mask=decoder_mask)
-            logits = decoded[0].logits.float()
-            log_probs = logits.log_softmax(-1).gather(-1, next_ids[..., None])[..., 0]
-            chosen["log_p"] = (log_probs * (answer_rows > 0)).sum(-1)
-            token_logits = logits.gather(-1, next_ids[..., None])[..., 0]
-            return decoded[0], (token_logits * (answer_rows > 0)).sum(-1) if method.rules else chosen["log_p"]
+            decoded, tokens, rows = decode()
+            chosen["log_p"] = answer_log_p(decoded, tokens, rows)
+            token_logits = decoded.logits.float().gather(-1, tokens)[..., 0]
+            return decoded, (token_logits * rows).sum(-1) if method.rules else chosen["log_p"]
 
-        captured = self.run(method, run)
+        def rerun(times: int) -> torch.Tensor:
+            """log p(answer) (R*B, 1) of the group repeated R times (the path methods, teacher-forced)."""
+            return answer_log_p(*decode(times))[:, None]
+
+        captured = self.run(method, run, rerun=rerun)
+        captured.targets = torch.zeros(batch, dtype=torch.long, device=self.device)  # rerun's one column
         image_tokens, question_length = captured.probs[0].shape[-1], question_ids.shape[1]
         grid, prefix = patch_layout(pixels, self.model.config.vision_config.patch_size, image_tokens)
         sizes = {"image": image_tokens, "question": question_length, "answer": length}
@@ -164,9 +179,13 @@ class BlipVQAAdapter(MultimodalAdapter):
                                        sizes=sizes)
         else:  # no attention runs from the answer to the image: the question encoder's view of it, at its first token
             image_rel = self.relevance(method, captured, "question", "image", first, question, patches, sizes=sizes)
-        question_rel = sum(answer_rows[:, t, None] * self.relevance(method, captured, "answer", "question", first + t,
-                                                                    answer_tokens, question, sizes=sizes)
-                           for t in range(length))
+        if engine.route(method.reads, captured.sites, "answer", "question") == "input":  # one reading for all rows
+            question_rel = self.relevance(method, captured, "answer", "question", answer_rows, answer_tokens, question,
+                                          sizes=sizes)
+        else:
+            question_rel = sum(answer_rows[:, t, None] * self.relevance(method, captured, "answer", "question",
+                                                                        first + t, answer_tokens, question, sizes=sizes)
+                               for t in range(length))
         heatmaps = to_numpy(image_rel[:, prefix:]).reshape(batch, *grid)
         return list(zip(answers, heatmaps, to_numpy(question_rel), to_numpy(chosen["log_p"])))
 

@@ -95,6 +95,7 @@ class LxmertVQAAdapter(MultimodalAdapter):
     model_types = ("lxmert",)
     readings = (("text", "text", False), ("text", "image", False))
     image_keyword, image_rank, text_keyword, pairing = "visual_feats", 3, "question", "zip"
+    reruns = True  # the path methods: see first_layers
 
     def image_side(self) -> tuple[str, ...]:
         return ("visual_feats", "visual_pos", "image")
@@ -126,6 +127,12 @@ class LxmertVQAAdapter(MultimodalAdapter):
                       Site(layer.lang_self_att.self, second_output, "text", "text"),
                       Site(layer.visn_self_att.self, second_output, "image", "image")]
         return sites
+
+    def first_layers(self) -> dict[str, nn.Module]:
+        """The path methods run the model again from the first language layer's input (the question's embeddings)
+        and the first relational layer's (the regions' features and boxes, embedded by visn_fc)."""
+        encoder = self.model.lxmert.encoder
+        return {name: layers[0] for name, layers in (("text", encoder.layer), ("image", encoder.r_layers)) if layers}
 
     def run(self, method: Method, forward, tokens=None, lrp=None, rerun=None) -> Pass:
         with returning_attention(site.module for site in self.sites()):
@@ -163,14 +170,24 @@ class LxmertVQAAdapter(MultimodalAdapter):
             scores = out.question_answering_score
             return out, scores.gather(1, chosen_answers(targets, scores)[:, None])[:, 0]
 
-        captured = self.run(method, run)
-        answers = chosen_answers(targets, captured.outputs.question_answering_score).tolist()
+        stock_inputs = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], visual_feats=region_feats,
+                            visual_pos=region_pos, visual_attention_mask=region_mask)
+
+        def rerun(times: int) -> torch.Tensor:
+            """The answer logits (R*B, answers) of the pairs repeated R times (the path methods)."""
+            return self.model(**{key: value.repeat(times, *[1] * (value.dim() - 1))
+                                 for key, value in stock_inputs.items()}).question_answering_score
+
+        captured = self.run(method, run, rerun=rerun)
+        captured.targets = chosen_answers(targets, captured.outputs.question_answering_score)
+        answers = captured.targets.tolist()
         text_mask, region_mask = enc["attention_mask"].bool(), region_mask.bool()
         cls = torch.zeros(len(pairs), dtype=torch.long, device=self.device)
         sizes = {"text": text_mask.shape[1], "image": region_mask.shape[1]}
         text_rel = self.relevance(method, captured, "text", "text", cls, text_mask,
                                   text_mask & ~special_tokens(tokenizer, enc["input_ids"]), sizes=sizes)
-        region_rel = self.relevance(method, captured, "text", "image", cls, text_mask, region_mask, sizes=sizes)
+        region_rel = self.relevance(method, captured, "text", "image", cls, text_mask, region_mask, sizes=sizes,
+                                    key_tokens=region_mask)
         probabilities, labels = to_numpy(torch.sigmoid(captured.objective)), self.labels
         explanations = []
         for b, (v, q) in enumerate(pairs):
