@@ -300,7 +300,7 @@ def test_caption_beyond_the_decoders_positions_is_cut_with_the_words_named(model
         np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["blip", "git", "ved-bert"])
+@pytest.mark.parametrize("family", ["blip", "git", "ved-bert", "ved-gpt2"])
 def test_cp_lrp_conserves_each_steps_logit_across_image_and_text(tokenizer, images, family):
     """Under CP-LRP (the AttnLRP rules with the attention held constant, cross-attention included) a model without
     biases passes every relevance on: the image encoder's tokens ([CLS] and patches) and the earlier text tokens
