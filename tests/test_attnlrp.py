@@ -28,7 +28,8 @@ from references import assert_scores, other_target, reference_attnlrp
 from test_causal_lm import MAKERS as LM_MAKERS, make as make_lm, word_tokenizer
 from test_families import make_beit, make_eva, make_modernbert, make_mpnet, make_xlm
 from toolkit import Explainer, families
-from toolkit.core.lrp_rules import ATTNLRP
+from toolkit.core.lrp_rules import ATTNLRP, CP_LRP
+from toolkit.core.spec import LayerSpec, ModelSpec
 from toolkit.errors import FamilyError, InputError, UnsupportedModelError
 
 RULE_METHODS = {"attnlrp": 0.5, "cp_lrp": 1.0}  # method -> share of A V's relevance that goes to V
@@ -315,6 +316,87 @@ def test_rerun_hook_undone_when_a_rerun_raises(fresh_cases, monkeypatch):
     _assert_clean(case.model, settings)
 
 
+# --- 4b. the attention rules where projections are fused or hidden ------------------------------------------------------
+class WrittenAttention(nn.Module):
+    """torch's MultiheadAttention written out with the same weights: queries from x, keys and values from y, through
+    separate query, key and value Linear layers or, as GPT-2's cross-attention, a query Linear and one [key | value]
+    Linear. Returns (output, attention weights (B, H, N, M))."""
+
+    def __init__(self, mha: nn.MultiheadAttention, fused_key_value: bool):
+        super().__init__()
+        self.heads, width = mha.num_heads, mha.embed_dim
+        weights, biases = mha.in_proj_weight.detach(), mha.in_proj_bias.detach()
+
+        def linear(rows: slice) -> nn.Linear:
+            layer = nn.Linear(width, rows.stop - rows.start).to(weights.dtype)
+            layer.weight.data, layer.bias.data = weights[rows].clone(), biases[rows].clone()
+            return layer
+
+        self.query = linear(slice(0, width))
+        self.key_value = linear(slice(width, 3 * width)) if fused_key_value else None
+        self.key = self.key_value or linear(slice(width, 2 * width))
+        self.value = self.key_value or linear(slice(2 * width, 3 * width))
+        self.out = linear(slice(0, width))
+        self.out.weight.data, self.out.bias.data = mha.out_proj.weight.detach().clone(), mha.out_proj.bias.detach().clone()
+
+    def forward(self, x, y):
+        def heads(t):
+            return t.reshape(*t.shape[:2], self.heads, -1).transpose(1, 2)
+
+        k, v = self.key_value(y).chunk(2, dim=-1) if self.key_value is not None else (self.key(y), self.value(y))
+        q, k, v = heads(self.query(x)), heads(k), heads(v)
+        probs = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(dim=-1)
+        return self.out((probs @ v).transpose(1, 2).flatten(2)), probs
+
+
+def _spec(attention: nn.Module, **projections) -> ModelSpec:
+    return ModelSpec([LayerSpec(block=attention, attention=attention, extract_probs=lambda output: output[1],
+                                num_heads=4, out_proj=None, fc1=None, fc2=None, norm_first=True, **projections)])
+
+
+@pytest.mark.parametrize("rules", [ATTNLRP, CP_LRP], ids=lambda rules: rules.name)
+@pytest.mark.parametrize("fused_key_value", [False, True])
+@pytest.mark.parametrize("crossing", [False, True])
+def test_rules_inside_multihead_attention_and_on_fused_key_value_equal_separate_projections(rules, fused_key_value,
+                                                                                        crossing):
+    """torch's MultiheadAttention (open_clip), with no module at its projections' outputs, and a [key | value]
+    projection (GPT-2's cross-attention) get the gradient the rules give at separate query, key and value Linear
+    layers with the same weights: at the inputs and at the attention weights (which generic_attnlrp reads); the
+    MultiheadAttention's forward values are unchanged to the bit and its hooks removed afterwards."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).double()
+    with torch.no_grad():
+        for parameter in mha.parameters():
+            parameter.normal_(0, 0.5)
+    written = WrittenAttention(mha, fused_key_value)
+    x, weight = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 5, 16, dtype=torch.float64)
+    y = torch.randn(2, 7, 16, dtype=torch.float64) if crossing else x
+
+    def gradients(module, spec, call):
+        inputs = [x.clone().requires_grad_(), y.clone().requires_grad_()] if crossing else [x.clone().requires_grad_()]
+        with rules.applied(module, spec):
+            out, probs = call(inputs[0], inputs[-1])
+        base = probs if probs._base is None else probs._base
+        return out, torch.autograd.grad((out * weight).sum(), [*inputs, base])
+
+    def multihead(q, kv):
+        return mha(q, kv, kv, need_weights=True, average_attn_weights=False)
+
+    parts = dict(query=written.query, key=written.key, value=written.value)
+    expected_out, expected = gradients(written, _spec(written, **parts), written)
+    out, got = gradients(mha, _spec(mha), multihead)
+    with torch.enable_grad():
+        plain, _ = multihead(x, y)
+    assert torch.equal(out.detach(), plain.detach())
+    torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got[:-1], expected[:-1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[-1], expected[-1].flatten(0, 1), rtol=1e-10, atol=1e-12)
+    if rules is CP_LRP:  # the attention held constant: nothing reaches the queries
+        assert not crossing or float(got[0].abs().max()) == 0.0
+    assert not any((m._forward_hooks, m._forward_pre_hooks) != ({}, {}) for m in (mha, *written.modules()))
+
+
 # --- 5. refusals, declared and checked before any work ---------------------------------------------------------------
 def test_unknown_norm_is_refused_before_any_work(fresh_cases):
     case = fresh_cases["bert"]
@@ -370,7 +452,7 @@ def test_a_model_made_in_inference_mode_is_refused(wordpiece, method):
     with torch.inference_mode():
         model = make_bert(wordpiece.vocab_size)
     with pytest.raises(UnsupportedModelError, match=f"and '{method}' needs gradients.*without gradients: lrp, "
-                                                    "partial_lrp, raw_attention, rollout"):
+                                                    "lrp_plain, partial_lrp, partial_lrp_plain, raw_attention, rollout"):
         Explainer(model, wordpiece).explain("a film", method=method)
 
 

@@ -14,6 +14,7 @@ from transformers import (AutoTokenizer, BertConfig, BlipConfig, BlipForConditio
                           BlipProcessor, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor, GPT2Config,
                           ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
 
+from test_attnlrp import softmax_deficit, softmax_taps
 from toolkit import Explainer, InputError, ToolkitWarning, UnsupportedModelError
 from toolkit.explanation import Explanation
 
@@ -300,11 +301,15 @@ def test_caption_beyond_the_decoders_positions_is_cut_with_the_words_named(model
         np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["blip", "git", "ved-bert"])
-def test_cp_lrp_conserves_each_steps_logit_across_image_and_text(tokenizer, images, family):
-    """Under CP-LRP (the AttnLRP rules with the attention held constant, cross-attention included) a model without
-    biases passes every relevance on: the image encoder's tokens ([CLS] and patches) and the earlier text tokens
-    together hold the explained token's logit. AttnLRP applies too (its softmax rule keeps a share)."""
+@pytest.mark.parametrize("method", ["cp_lrp", "attnlrp"])
+@pytest.mark.parametrize("family", ["blip", "git", "ved-bert", "ved-gpt2"])
+def test_rules_conserve_each_steps_logit_across_image_and_text(tokenizer, images, family, method):
+    """A model without biases under CP-LRP (the AttnLRP rules with the attention held constant, cross-attention
+    included; GPT-2's fused [key | value] projection each half with its factor) passes every relevance on: at each
+    step, the image encoder's tokens ([CLS] and patches) and the earlier text tokens together hold the explained
+    token's logit; under AttnLRP, up to what its softmax rule keeps, measured by tapping the softmax calls (as
+    tests/test_attnlrp.py does). An explanation's image scores are the mean over its steps, so each step's comes
+    from three captions that are prefixes of one another (the decoder is causal: step t is the same in each)."""
     model, processor = build(family, tokenizer)
     model = model.double()
     with torch.no_grad():
@@ -313,18 +318,61 @@ def test_cp_lrp_conserves_each_steps_logit_across_image_and_text(tokenizer, imag
                 parameter.zero_()
     ex = Explainer(model, processor)
     assert {"attnlrp", "cp_lrp"} <= set(ex.applicable_methods())
-    exp = ex.explain(image=images[0], caption=[2003], method="cp_lrp")  # one token: one step
-    step = exp.steps[0]
+    caption = [2003, 1037, 3899]
+    with softmax_taps() as taps:
+        exps = ex.explain(image=[images[0]] * 3, caption=[caption[:1], caption[:2], caption], method=method)
+    kept = softmax_deficit([tap for tap in taps if "gx" in tap]) if method == "attnlrp" else torch.zeros(6)
     pixels = processor.image_processor(images=[images[0]], return_tensors="pt")["pixel_values"].double()
     prompt = ex.adapter.prompt_ids()
-    ids = torch.tensor([prompt + [2003]])
-    logits = ex.adapter.text_logits(pixels, ids, torch.ones_like(ids))
-    logit = float(logits[0, len(prompt) - 1, 2003])
-    total = float(exp.scores.sum() + step.text_scores.sum())
-    assert total == pytest.approx(logit, rel=1e-6, abs=1e-8)
-    assert np.abs(exp.heatmap).max() > 0 and np.abs(step.text_scores).max() > 0
-    attn = ex.explain(image=images[0], caption=[2003], method="attnlrp")
-    assert attn.steps[0].log_prob == pytest.approx(step.log_prob) and np.abs(attn.heatmap).max() > 0
+    ids = torch.tensor([prompt + caption])
+    with torch.no_grad():
+        logits = ex.adapter.text_logits(pixels, ids, torch.ones_like(ids))[0]
+    means = [0.0] + [float(exp.scores.astype(np.float64).sum()) for exp in exps]
+    for t, step in enumerate(exps[2].steps):  # the last caption's steps are the last three of the six
+        image_total = (t + 1) * means[t + 1] - t * means[t]
+        total = image_total + float(step.text_scores.astype(np.float64).sum()) + float(kept[3 + t])
+        size = float(np.abs(exps[t].scores).sum() * (t + 1) + np.abs(step.text_scores).sum())
+        assert total == pytest.approx(float(logits[len(prompt) - 1 + t, caption[t]]), abs=1e-5 * max(size, 1.0)), t
+        assert np.abs(step.heatmap).max() > 0 and np.abs(step.text_scores).max() > 0
+    if method == "attnlrp":
+        assert float(kept.abs().max()) > 1e-3, "the softmax terms are measured, not zero"
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+def test_rules_on_the_gpt2_decoder_batch_like_one_image_and_leave_the_model_clean(models, images, method,
+                                                                               monkeypatch):
+    """GPT-2's cross-attention projects [key | value] in one Conv1D: two images explained together give what each
+    gives alone, the logits computed under the rules are those without them to the bit, and every hook is gone
+    afterwards, also when the forward or the backward pass raised."""
+    import toolkit.core.engine as engine
+    from toolkit.core.lrp_rules import ATTNLRP
+
+    model, processor = models["ved-gpt2"]
+    before, ex = hook_ids(model), Explainer(model, processor)
+    both = ex.explain(image=images, caption=["a dog on the grass", "two cats"], method=method)
+    alone = ex.explain(image=images[1], caption="two cats", method=method)
+    np.testing.assert_allclose(both[1].scores, alone.scores, rtol=1e-4, atol=1e-6)
+    for a, b in zip(both[1].steps, alone.steps):
+        np.testing.assert_allclose(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)
+    pixels = ex.adapter.pixel_values(images)
+    ids = torch.tensor([[101, 1037, 3899], [101, 2048, 8870]])
+    with torch.enable_grad():
+        plain = ex.adapter.text_logits(pixels, ids, torch.ones_like(ids))
+        with ATTNLRP.applied(model, *ex.adapter.streams().values(), *ex.adapter.cross_stacks().values()):
+            ruled = ex.adapter.text_logits(pixels, ids, torch.ones_like(ids))
+    assert torch.equal(ruled, plain)
+
+    def raises(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    for target, name in ((model.decoder.transformer.h[-1], "forward"), (engine.torch.autograd, "grad")):
+        monkeypatch.setattr(target, name, raises)
+        with pytest.raises(RuntimeError, match="boom"):
+            ex.explain(image=images[0], caption="two cats", method=method)
+        monkeypatch.undo()
+        assert hook_ids(model) == before
+    assert hook_ids(model) == before
 
 
 @pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input"])

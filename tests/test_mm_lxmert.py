@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering
 
 from references import DTYPE, completeness_gap, from_first_layer, gradient_x_input_by_hand, path_integral
+from test_attnlrp import softmax_deficit, softmax_taps
 from toolkit import Explainer, InputError, UnsupportedModelError, render
 from toolkit.explanation import Explanation
 
@@ -200,6 +201,82 @@ def test_from_pretrained(lxmert, tmp_path):
     tok.save_pretrained(tmp_path / "pretraining")
     with pytest.raises(UnsupportedModelError, match="LxmertForQuestionAnswering"):
         Explainer.from_pretrained(str(tmp_path / "pretraining"))
+
+
+def _regions(sets) -> dict:
+    return dict(visual_feats=[f for f, _ in sets], visual_pos=[b for _, b in sets])
+
+
+@pytest.mark.parametrize("method", ["cp_lrp", "attnlrp"])
+def test_rules_conserve_the_answer_logit_across_both_streams(lxmert, method):
+    """A float64 copy without biases, two pairs padded together: the question's tokens and the regions (read at each
+    stream's first layer input) together hold the answer's logit under CP-LRP (every attention held constant: the
+    co-attention too, at both of its calls; the answer head's GeLU by the identity rule), under AttnLRP up to what its
+    softmax rule keeps (measured by tapping the softmax calls, as tests/test_attnlrp.py does)."""
+    model, tok, sets = lxmert
+    model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+    with softmax_taps() as taps:
+        exps = Explainer(model, tok).explain(question=QUESTIONS, method=method, **_regions(sets))
+    # the last layer's vision side never reaches the answer: no gradient reaches its softmax, which keeps nothing
+    kept = softmax_deficit([tap for tap in taps if "gx" in tap]) if method == "attnlrp" else torch.zeros(2)
+    for exp, question, (feats, boxes), deficit in zip(exps, QUESTIONS, sets, kept):
+        with torch.no_grad():
+            logit = model(**tok([question], return_tensors="pt"), visual_feats=torch.from_numpy(feats)[None].double(),
+                          visual_pos=torch.from_numpy(boxes)[None].double()).question_answering_score[0, exp.target]
+        total = float(exp.scores.astype(np.float64).sum() + exp.heatmap.astype(np.float64).sum()) + float(deficit)
+        size = float(np.abs(exp.scores).sum() + np.abs(exp.heatmap).sum())
+        assert total == pytest.approx(float(logit), abs=1e-5 * max(size, 1.0)), question
+        assert np.abs(exp.heatmap).max() > 0 and np.abs(exp.scores).max() > 0
+    if method == "attnlrp":
+        assert float(kept.abs().max()) > 1e-3, "the softmax terms are measured, not zero"
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+def test_rules_batch_like_one_pair_and_leave_the_model_clean(lxmert, method, monkeypatch):
+    """Padded pairs explained together give what each gives alone; the answer scores computed under the rules are
+    those without them to the bit; every hook is gone afterwards, also when the forward or backward pass raised."""
+    import toolkit.core.engine as engine
+    from toolkit.core.lrp_rules import ATTNLRP
+
+    model, tok, sets = lxmert
+    before, ex = hook_ids(model), Explainer(model, tok)
+    together = ex.explain(question=QUESTIONS, method=method, **_regions(sets))
+    for exp, question, (feats, boxes) in zip(together, QUESTIONS, sets):
+        alone = ex.explain(question=question, visual_feats=feats, visual_pos=boxes, method=method)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
+    feats, boxes = (torch.from_numpy(np.stack([f, f])) for f in sets[0])
+    enc = tok(QUESTIONS, padding=True, return_tensors="pt")
+    with torch.enable_grad():
+        plain = model(**enc, visual_feats=feats, visual_pos=boxes).question_answering_score
+        with ATTNLRP.applied(model, *ex.adapter.streams().values(), *ex.adapter.cross_stacks().values()):
+            ruled = model(**enc, visual_feats=feats, visual_pos=boxes).question_answering_score
+    assert torch.equal(ruled, plain)
+
+    def raises(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    for target, name in ((model.lxmert.encoder.x_layers[-1], "forward"), (engine.torch.autograd, "grad")):
+        monkeypatch.setattr(target, name, raises)
+        with pytest.raises(RuntimeError, match="boom"):
+            ex.explain(question=QUESTIONS[0], visual_feats=sets[0][0], visual_pos=sets[0][1], method=method)
+        monkeypatch.undo()
+        assert hook_ids(model) == before
+
+
+def test_rules_refused_without_a_relational_layer(lxmert):
+    """The image stream's relevance is read at the input of its first layer of its own: none, no rules."""
+    model, tok, sets = lxmert
+    config = copy.deepcopy(model.config)
+    config.r_layers = 0
+    ex = Explainer(LxmertForQuestionAnswering(config).eval(), tok)
+    for method in ("attnlrp", "cp_lrp"):
+        assert "no language or no relational layer" in ex.method_refusal(method)
+    assert ex.explain(question=QUESTIONS[0], visual_feats=sets[0][0], visual_pos=sets[0][1]).heatmap.std() > 0
 
 
 def test_region_overlay_paints_each_pixel_with_its_most_relevant_box():

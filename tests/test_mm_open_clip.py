@@ -1,8 +1,10 @@
 """open_clip CLIP: each method against a plain per-pair reference whose attention is recomputed by hand
-from the MultiheadAttention weights; loading by name, with local checkpoints and offline failures."""
+from the MultiheadAttention weights (AttnLRP and CP-LRP against tests/references.py's rules through each tower);
+loading by name, with local checkpoints and offline failures."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import numpy as np
@@ -12,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from references import Layer, _lin, assert_scores, attnlrp_layer, eps_layer_norm, eps_linear, layer_forward
 from toolkit import Explainer, InputError, ModelLoadError, ToolkitWarning, UnsupportedModelError
+from toolkit.core.lrp_rules import ATTNLRP
+from toolkit.multimodal.open_clip import attention_weights_returned
 
 TEXTS = ["a dog", "a cat sitting on a warm mat", "red"]
 TINY = "toolkit-tiny-vit"
@@ -182,12 +187,14 @@ def test_sequence_first_layout_of_older_open_clip_gives_the_same(clip):
         module.batch_first = False
     try:
         sequence_first = Explainer(model, processor).explain(image=image, text=TEXTS, method="generic")
+        refusal = Explainer(model, processor).method_refusal("attnlrp")
     finally:
         for module in modules:
             module.batch_first = True
     for ours, theirs in zip(sequence_first, expected):
         np.testing.assert_allclose(ours.heatmap, theirs.heatmap, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-4, atol=1e-6)
+    assert "sequence-first" in refusal  # the rules read the first block's input batch-first
 
 
 def test_frozen_model_or_callers_no_grad_give_the_same_gradients(clip):
@@ -289,3 +296,152 @@ def test_tokenizer_of_another_context_length(clip):
     np.testing.assert_allclose(exp.scores, same.scores, rtol=1e-5, atol=1e-7)
     with pytest.raises(InputError, match="gives 77 tokens per text but this model reads 16"):
         Explainer(model, (preprocess, lambda texts: wide(texts))).explain(image=image, text="a dog")
+
+
+# --- AttnLRP and CP-LRP: the rules at each MultiheadAttention -----------------------------------------------------
+RULE_SHARES = {"attnlrp": 0.5, "cp_lrp": 1.0}  # method -> share of A V's relevance that goes to V
+
+
+def float64_copy(model, without_biases: bool = False):
+    """``without_biases``: every bias zero (linear layers, in-projections, LayerNorms), and the image's class token
+    and position embeddings too, so that the class token's first-layer input is zero."""
+    model = copy.deepcopy(model).double()
+    if without_biases:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("bias") or name in ("visual.class_embedding", "visual.positional_embedding"):
+                    parameter.zero_()
+    return model
+
+
+def tower_layers(blocks, causal: bool) -> list[Layer]:
+    """tests/references.py's reading of open_clip's pre-LN blocks: query, key and value are the rows of the
+    MultiheadAttention's in-projection (a causal mask enters the text tower's scores)."""
+    layers = []
+    for block in blocks:
+        attn, width = block.attn, block.attn.embed_dim
+        weight, bias = attn.in_proj_weight.detach(), attn.in_proj_bias.detach()
+        q, k, v = ((weight[i * width:(i + 1) * width], bias[i * width:(i + 1) * width]) for i in range(3))
+        layers.append(Layer(q, k, v, _lin(attn.out_proj), _lin(block.mlp.c_fc), _lin(block.mlp.c_proj), block.mlp.gelu,
+                            block.ln_1, block.ln_2, attn.num_heads, True, biased=causal))
+    return layers
+
+
+def rules_reference(model, processor, image, text, value_share):
+    """(patch relevance (4, 4), token relevance up to the end of text) of AttnLRP (value_share 1/2) or CP-LRP (1)
+    for one pair of a float64 model: from the similarity split over the embedding's dimensions (scale * ê_i[d] *
+    ê_t[d], the norms held constant) back through the projection and the final LayerNorm to the read-out row, then
+    the layer rules of tests/references.py through every block, on the blocks' own inputs and the hand-computed
+    attention maps; per token of the first block's input."""
+    preprocess, tokenizer = processor
+    ids = tokenizer([text])
+    blocks = {"image": list(model.visual.transformer.resblocks), "text": list(model.transformer.resblocks)}
+    states = {name: [] for name in blocks}
+    def keep(name):
+        return lambda module, args, *output: states[name].append((output[-1] if output else args[0])[0].detach())
+
+    hooks = [block.register_forward_pre_hook(keep(name)) for name in blocks for block in blocks[name]]
+    hooks += [blocks[name][-1].register_forward_hook(keep(name)) for name in blocks]
+    probs = []
+    try:
+        with attention_by_hand(model, probs):
+            image_embedding = model.encode_image(preprocess(image)[None].double())
+            text_embedding = model.encode_text(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    shared = (model.logit_scale.exp() * F.normalize(image_embedding, dim=-1) * F.normalize(text_embedding, dim=-1))[0]
+    eot = int((ids[0] == tokenizer.eot_token_id).nonzero()[0])
+    maps = {"image": probs[:len(blocks["image"])], "text": probs[len(blocks["image"]):]}
+    ends = {"image": (model.visual.ln_post, model.visual.proj, 0), "text": (model.ln_final, model.text_projection, eot)}
+    relevance = {}
+    for name, (norm, projection, row) in ends.items():
+        layers, hidden = tower_layers(blocks[name], causal=name == "text"), states[name]
+        with torch.no_grad():
+            saved = [layer_forward(layer, hidden[i], maps[name][i].detach(), f"{name} block {i}")
+                     for i, layer in enumerate(layers)]
+            for i, f in enumerate(saved):
+                torch.testing.assert_close(f["out"], hidden[i + 1], rtol=1e-10, atol=1e-10)
+            r_pooled = eps_linear(norm(hidden[-1][row]), projection.T, None, shared)
+            r = torch.zeros_like(hidden[-1])
+            r[row] = eps_layer_norm(norm, hidden[-1][row], r_pooled)
+            for i in reversed(range(len(layers))):
+                r = attnlrp_layer(layers[i], saved[i], r, value_share)
+        relevance[name] = r.sum(-1)
+    return relevance["image"][1:].reshape(4, 4), relevance["text"][:eot + 1]
+
+
+@pytest.mark.parametrize("method", list(RULE_SHARES))
+def test_rules_match_the_explicit_reference_in_both_towers(clip, method):
+    model, processor, image = clip
+    model = float64_copy(model)
+    before = hook_ids(model)
+    exps = Explainer(model, processor).explain(image=image, text=TEXTS, method=method)
+    assert hook_ids(model) == before
+    for exp, text in zip(exps, TEXTS):
+        heatmap, text_rel = rules_reference(model, processor, image, text, RULE_SHARES[method])
+        assert_scores(exp.heatmap, heatmap, f"{method} {text!r} patches", rtol=1e-5, atol_rel=1e-5)
+        assert_scores(exp.scores, text_rel, f"{method} {text!r} tokens", rtol=1e-5, atol_rel=1e-5)
+        assert float(np.abs(exp.heatmap).max()) > 0 and float(np.abs(exp.scores).max()) > 0
+
+
+def test_cp_lrp_conserves_the_similarity_in_each_tower(clip):
+    """Without biases, CP-LRP passes the pair's logit (scale * cosine, the norms held constant as in the HF CLIP
+    test) whole to each tower's input: the text's tokens (special ones too) hold it, and so do the patches (the
+    class token's first-layer input being zero)."""
+    model, processor, image = clip
+    model = float64_copy(model, without_biases=True)
+    scale = float(model.logit_scale.exp().detach())
+    for exp in Explainer(model, processor).explain(image=image, text=TEXTS, method="cp_lrp"):
+        size = max(float(np.abs(exp.scores).sum()), float(np.abs(exp.heatmap).sum()), 1.0)
+        assert float(exp.scores.sum()) == pytest.approx(exp.similarity * scale, abs=1e-6 * size)
+        assert float(exp.heatmap.sum()) == pytest.approx(exp.similarity * scale, abs=1e-6 * size)
+
+
+@pytest.mark.parametrize("method", list(RULE_SHARES))
+def test_rules_batched_equal_one_pair_at_a_time(clip, method):
+    model, processor, image = clip
+    flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    ex = Explainer(model, processor)
+    batched = ex.explain(image=[image, flipped], text=TEXTS, method=method)
+    for index, exp in enumerate(batched):  # image-major: every text with the first image, then the second
+        alone = ex.explain(image=[image, flipped][index // len(TEXTS)], text=exp.text, method=method)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-6)
+
+
+def test_rules_leave_the_forward_bit_identical(clip):
+    """Inside the rules (gradients on, per-head weights returned as the explained pass asks), both towers compute
+    exactly what they compute without them; and the rule methods report the similarity a method without gradients
+    reports (generic's pass, with the parameters frozen, takes another path through torch's attention: ~1e-7)."""
+    model, (preprocess, tokenizer), image = clip
+    ex = Explainer(model, (preprocess, tokenizer))
+    pixels, ids = preprocess(image)[None], tokenizer(TEXTS)
+    with torch.enable_grad(), attention_weights_returned([site.module for site in ex.adapter.sites()]):
+        plain = model.encode_image(pixels), model.encode_text(ids)
+        with ATTNLRP.applied(model, *ex.adapter.streams().values()):
+            ruled = model.encode_image(pixels), model.encode_text(ids)
+    assert all(r.requires_grad and torch.equal(r.detach(), p.detach()) for r, p in zip(ruled, plain))
+    similarity = [exp.similarity for exp in ex.explain(image=image, text=TEXTS, method="raw_attention")]
+    for method in RULE_SHARES:
+        assert [exp.similarity for exp in ex.explain(image=image, text=TEXTS, method=method)] == similarity
+
+
+def test_rule_hooks_undone_when_forward_or_backward_raises(clip, monkeypatch):
+    import toolkit.core.engine as engine
+
+    model, processor, image = clip
+    before = hook_ids(model)
+    ex = Explainer(model, processor)
+
+    def raises(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    for method in RULE_SHARES:
+        for target, name in ((model.transformer.resblocks[-1], "forward"), (engine.torch.autograd, "grad")):
+            monkeypatch.setattr(target, name, raises)
+            with pytest.raises(RuntimeError, match="boom"):
+                ex.explain(image=image, text="a dog", method=method)
+            monkeypatch.undo()
+            assert hook_ids(model) == before
+    assert float(np.abs(ex.explain(image=image, text="a dog", method="attnlrp").scores).max()) > 0

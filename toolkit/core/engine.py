@@ -114,7 +114,7 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
              streams: dict[str, ModelSpec] | None = None, tokens: dict[str, int] | None = None,
              lrp: Callable[["Pass"], dict[str, LRPStart]] | None = None, record: list[nn.Module] = (),
              inputs: dict[str, list[nn.Module]] | None = None, rerun: Callable[[int], torch.Tensor] | None = None,
-             cross: list[ModelSpec] = (), first_layers: dict[str, nn.Module] | None = None) -> Pass:
+             cross: list[ModelSpec] = ()) -> Pass:
     """Hook every site, run ``forward()`` -> (outputs, objective (B,)) once, and take one backward pass from the
     objective's sum where the method needs it: to every attention map (``needs_gradients``), and under the method's
     LRP rules (``rules``, applied for the pass and undone after) to every start of the graph.
@@ -125,9 +125,7 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     ``inputs``: per stream, modules before its first layer where the rules' graph starts too (the pixels' patch
     embedding); ``rerun(R)``: the task's outputs (R*B, C) for its inputs repeated R times, which the path methods
     run again with other inputs of a stream's first layer; ``cross``: the projections of cross-attention (one
-    stack per stream that attends to another), where the LRP rules apply too; ``first_layers``: per stream whose
-    layers are not declared (Python sites), its first layer, from whose input the path methods run again. Hooks are
-    released and the attention implementation restored on exit, also when something raised. For attention gradients
+    stack per stream that attends to another), where the LRP rules apply too. Hooks are released and the attention implementation restored on exit, also when something raised. For attention gradients
     where the graph starts at declared layers, the parameters do not require gradients during the pass (restored
     after).
     """
@@ -135,8 +133,6 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     lrp_streams = streams if lrp is not None else {}
     starts = {name: [*(inputs or {}).get(name, []), spec.layers[0].block] if method.rules is not None
               else [spec.layers[0].block] for name, spec in streams.items()}
-    if method.reruns_model:
-        starts.update({name: [block] for name, block in (first_layers or {}).items() if name not in starts})
     rules = (method.rules.applied(model, *streams.values(), *cross) if method.rules is not None
              else contextlib.nullcontext())
     # Frozen parameters start the graph at the declared first layers' inputs. Attention gradients need no more; the

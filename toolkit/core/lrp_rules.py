@@ -20,7 +20,13 @@ replacement of its gradient such that relevance in = input * (replaced gradient)
 - the products Q K^T and A V: the uniform rule, half to each operand. Relevance into V gets 1/2, into the attention
   weights 1/2 and from there into Q and into K 1/4 each: every step between the projections and the products is
   linear (scaling, rotary embeddings, head split, the grouped-query repeat) or keeps its gradient (softmax), so the
-  halvings are applied as gradient scalings at the outputs of the query, key and value projections.
+  halvings are applied as gradient scalings at the outputs of the query, key and value projections. A projection
+  whose output fuses several roles (timm's and GPT-2's [q | k | v], GPT-2's cross-attention [k | v], declared as
+  the same module for key and value) gets each part's factor. torch's MultiheadAttention (open_clip) projects
+  inside one call, with no module at the projections' outputs: there the value factor is applied to the gradient
+  of its inputs, and query_key / value to the gradient the softmax passes back from the attention weights that
+  multiplied V (returned with ``need_weights=True, average_attn_weights=False`` as a view of them), which reaches
+  only Q and K: the same gradient everywhere outside the call, and the same at the attention weights.
 
 CP-LRP holds the attention weights constant: no relevance through Q and K (factor 0), and A V is linear in V
 (factor 1); the other rules are the same.
@@ -141,7 +147,7 @@ class RuleSet:
         if spec.attnlrp_blocker:
             return spec.attnlrp_blocker
         for index, layer in enumerate(spec.layers):
-            if layer.qkv is None and None in (layer.query, layer.key, layer.value):
+            if layer.qkv is None and None in (layer.query, layer.key, layer.value) and not _projects_inside(layer):
                 return (f"layer {index}'s entry declares no qkv (or query, key and value) projection, at whose output "
                         "the attention rules are applied")
             if layer.fc1 is None or layer.fc2 is None:
@@ -179,6 +185,9 @@ class RuleSet:
             projections = {id(module): (module, factor) for layer in layers for module, factor in self._projections(layer)}
             for module, factor in projections.values():
                 handles.append(module.register_forward_hook(_scaling(factor, fired)))
+            inside = {id(layer.attention): layer.attention for layer in layers if _projects_inside(layer)}
+            for module in inside.values():
+                handles += _multihead_rules(self, module, fired)
             gated = {id(layer.fc2): layer.fc2 for layer in layers if layer.gated_mlp}
             for module in gated.values():
                 handles.append(module.register_forward_pre_hook(_halving_input(fired), with_kwargs=True))
@@ -186,18 +195,33 @@ class RuleSet:
         finally:
             for handle in handles:
                 handle.remove()
-        silent = [type(m).__name__ for m in [*(m for m, _ in projections.values()), *gated.values()] if not fired[id(m)]]
+        ruled = [*(m for m, _ in projections.values()), *gated.values(), *inside.values()]
+        silent = [type(m).__name__ for m in ruled if not fired[id(m)]]
         if silent:
             raise FamilyError(f"The {self.name} rules are applied at the outputs of the declared projections, but "
                               f"{', '.join(sorted(set(silent)))} never ran in the forward pass (the model computes "
-                              "them another way): these rules cannot explain it.")
+                              "them another way, or a MultiheadAttention returned no per-head weights): these rules "
+                              "cannot explain it.")
 
     def _projections(self, layer: LayerSpec) -> list[tuple[nn.Module, torch.Tensor | float]]:
         if layer.qkv is not None:
-            width = _main_width(layer.qkv) // 3
-            factors = torch.tensor([self.query_key] * (2 * width) + [self.value] * width)
-            return [(layer.qkv, factors)]
+            return [self._fused(layer.qkv, "qkv")]
+        if _projects_inside(layer):
+            return []
+        if layer.key is layer.value:  # one module gives [key | value] (GPT-2's cross-attention c_attn)
+            return [(layer.query, self.query_key), self._fused(layer.value, "kv")]
         return [(layer.query, self.query_key), (layer.key, self.query_key), (layer.value, self.value)]
+
+    def _fused(self, module: nn.Module, roles: str) -> tuple[nn.Module, torch.Tensor]:
+        """A projection whose output is the roles' equal parts in order ("qkv" or "kv"), each part with its factor."""
+        width = _main_width(module) // len(roles)
+        factors = [self.value if role == "v" else self.query_key for role in roles for _ in range(width)]
+        return module, torch.tensor(factors)
+
+
+def _projects_inside(layer: LayerSpec) -> bool:
+    """A torch MultiheadAttention with no declared projections: it projects query, key and value inside one call."""
+    return layer.qkv is None and layer.query is None and isinstance(layer.attention, nn.MultiheadAttention)
 
 
 def _main_width(module: nn.Module) -> int:
@@ -273,6 +297,38 @@ def _scaling(factor: torch.Tensor | float, fired: Counter):
         return _replace_output(output, lambda t: scale_gradient(t, scale))
 
     return hook
+
+
+def _multihead_rules(rules: RuleSet, module: nn.MultiheadAttention, fired: Counter) -> list:
+    """torch's MultiheadAttention: the value factor on the gradient of its query, key and value inputs (each tensor
+    once, so that a self-attention's three stay one: the same fused projection runs), and query_key / value on what
+    the softmax passes back from the weights that multiplied V (the base of the per-head weights it returns)."""
+    def scale_inputs(module, args, kwargs):
+        if not torch.is_grad_enabled():
+            return None
+        scaled = {}
+
+        def scale(value):
+            if not (torch.is_tensor(value) and value.is_floating_point()):
+                return value
+            if id(value) not in scaled:
+                scaled[id(value)] = scale_gradient(value, rules.value)
+            return scaled[id(value)]
+
+        return ((*map(scale, args[:3]), *args[3:]),
+                {key: scale(value) if key in ("query", "key", "value") else value for key, value in kwargs.items()})
+
+    def scale_softmax(module, args, output):
+        weights = output[1] if isinstance(output, tuple) else None
+        probs = getattr(weights, "_base", None)
+        if not torch.is_grad_enabled() or probs is None or probs.grad_fn is None:
+            return
+        fired[id(module)] += 1
+        ratio = rules.query_key / rules.value
+        probs.grad_fn.register_hook(lambda grads_in, _: tuple(None if g is None else g * ratio for g in grads_in))
+
+    return [module.register_forward_pre_hook(scale_inputs, with_kwargs=True),
+            module.register_forward_hook(scale_softmax)]
 
 
 def _halving_input(fired: Counter):

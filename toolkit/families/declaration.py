@@ -38,7 +38,8 @@ KEYS = {
                "query..., head, readout), plus cross: {module, output, key} where each layer also attends to "
                "another stream}, in the order the model runs them",
     "cross": "in a stream: where each layer's cross-attention probabilities are captured, {module: path, output: "
-             "index, key: the stream it attends to, projections: {query, key, value} (Linear, for the AttnLRP rules)}",
+             "index, key: the stream it attends to, projections: {query, key, value} (Linear or Conv1D, for the "
+             "AttnLRP rules; key and value may name one module whose output is [key | value])}",
     "source": "hf (default) or timm: how images are preprocessed, how labels are read",
     "forward_kwargs": "keyword arguments every forward call gets (e.g. output_attentions: true)",
     "layers": "pattern of the layer modules, * standing for the layer index",

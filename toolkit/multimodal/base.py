@@ -186,7 +186,7 @@ class MultimodalAdapter(ABC):
                         + (f"it propagates relevance within one stream, and the {query} tokens also attend to other "
                            "streams through cross-attention, which it has no rule for"
                            if method.reads == "stream" else f"no attention runs from the {query} to the {key} tokens"))
-            if method.reruns_model and not (self.reruns and (key in streams or key in self.first_layers())):
+            if method.reruns_model and not (self.reruns and key in streams):
                 return (f"Method {method.name!r} cannot explain {self.family} models yet: it runs the model again from "
                         "a stream's first-layer input, which this task does not offer")
             if method.rules is not None:
@@ -203,10 +203,6 @@ class MultimodalAdapter(ABC):
                 except UnsupportedModelError as error:
                     return f"{error}"
         return None
-
-    def first_layers(self) -> dict[str, nn.Module]:
-        """Per stream of Python sites (not declared), the first layer the path methods run the model again from."""
-        return {}
 
     def rules_refusal(self, method: type[Method]) -> str | None:
         """Why LRP rules applied to the whole pass cannot explain this model: a stream without declared layers, a
@@ -255,7 +251,7 @@ class MultimodalAdapter(ABC):
         return engine.run_pass(self.model, self.sites(), forward, method, streams=streams,
                                tokens={name: count for name, count in (tokens or {}).items() if name in streams},
                                lrp=lrp if method.needs_lrp else None, rerun=rerun,
-                               cross=list(self.cross_stacks().values()), first_layers=self.first_layers())
+                               cross=list(self.cross_stacks().values()))
 
     def relevance(self, method: Method, result: engine.Pass, query: str, key: str, rows: torch.Tensor,
                   tokens: torch.Tensor, content: torch.Tensor, **reading: Any) -> torch.Tensor:

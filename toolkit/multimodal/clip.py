@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import InputError
 from ..explanation import Explanation
@@ -110,14 +111,21 @@ def tower_lrp(adapter: MultimodalAdapter, method: Method, text_method: Method, t
     return starts
 
 
+def held_norm_cosine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """<e_i / |e_i|, e_t / |e_t|> with the norms held constant, for LRP rules (as LayerNorm's standard deviation is):
+    the cosine is scale-invariant, so its plain gradient is orthogonal to each embedding and input x gradient would
+    sum to zero. Each factor is F.normalize's value to the bit (plus an exact zero) with the gradient of e / |e|."""
+    def held(e: torch.Tensor) -> torch.Tensor:
+        return F.normalize(e.detach(), dim=-1) + (e - e.detach()) / e.norm(dim=-1, keepdim=True).detach()
+
+    return (held(image) * held(text)).sum(-1)
+
+
 def held_norm_similarity(model: nn.Module, out: Any) -> torch.Tensor:
-    """The pair's logit scale * <e_i / |e_i|, e_t / |e_t|> with the norms held constant, for LRP rules (as LayerNorm's
-    standard deviation is): the cosine is scale-invariant, so its plain gradient is orthogonal to each embedding and
-    input x gradient would sum to zero. Same value; the towers' outputs (``pooler_output``, projected by
-    transformers 5's CLIPModel) are the unnormalised embeddings."""
-    image, text = out.vision_model_output.pooler_output, out.text_model_output.pooler_output
-    image, text = image / image.norm(dim=-1, keepdim=True).detach(), text / text.norm(dim=-1, keepdim=True).detach()
-    return (image * text).sum(-1) * model.logit_scale.exp()
+    """The pair's logit scale * held_norm_cosine; the towers' outputs (``pooler_output``, projected by transformers
+    5's CLIPModel) are the unnormalised embeddings."""
+    cosine = held_norm_cosine(out.vision_model_output.pooler_output, out.text_model_output.pooler_output)
+    return cosine * model.logit_scale.exp()
 
 
 def special_tokens(tokenizer: Any, input_ids: torch.Tensor) -> torch.Tensor:

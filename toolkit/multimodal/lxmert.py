@@ -5,6 +5,9 @@ region features the user gives) run first; then every cross-modality layer calls
 twice, language→vision and vision→language, both on the layer's inputs, followed by a self-attention in each
 stream. The answer is read from the pooled language [CLS], so the question's relevance is R^{tt}[CLS] and
 the regions' is R^{ti}[CLS] (Chefer et al., ICCV 2021).
+
+The AttnLRP / CP-LRP rules (:mod:`toolkit.core.lrp_rules`) act at the projections of every attention, the
+co-attention's at both of its calls (a hook acts per call), and are read at each stream's first layer input.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..core.engine import Pass
+from ..core.spec import LayerSpec, ModelSpec
 from ..errors import InputError
 from ..explanation import Explanation
 from ..methods import Method
@@ -73,6 +77,18 @@ def padded(sets: list[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, 
     return batch, mask
 
 
+_NOT_CVPR = dict(origin="the LXMERT adapter", lrp_blocker="the two streams attend to each other, and the CVPR "
+                 "2021 LRP passes one stream")
+
+
+def _layer(block: nn.Module, attention: nn.Module, intermediate: nn.Module, output: nn.Module) -> LayerSpec:
+    """One post-LN self-attention layer (LxmertSelfAttentionLayer, then its MLP) with its parts."""
+    heads = attention.self.num_attention_heads
+    return LayerSpec(block=block, attention=attention.self, extract_probs=second_output, num_heads=heads,
+                     out_proj=attention.output.dense, fc1=intermediate.dense, fc2=output.dense, norm_first=False,
+                     query=attention.self.query, key=attention.self.key, value=attention.self.value)
+
+
 class LxmertVQAAdapter(MultimodalAdapter):
     """``explain(question=..., visual_feats=..., visual_pos=..., image=None, target=None)``: one Explanation
     per (regions, question) pair (a single one for one set of regions and one question).
@@ -95,7 +111,7 @@ class LxmertVQAAdapter(MultimodalAdapter):
     model_types = ("lxmert",)
     readings = (("text", "text", False), ("text", "image", False))
     image_keyword, image_rank, text_keyword, pairing = "visual_feats", 3, "question", "zip"
-    reruns = True  # the path methods: see first_layers
+    reruns = True  # the path methods run again from the first language and relational layers' inputs (streams)
 
     def image_side(self) -> tuple[str, ...]:
         return ("visual_feats", "visual_pos", "image")
@@ -128,11 +144,41 @@ class LxmertVQAAdapter(MultimodalAdapter):
                       Site(layer.visn_self_att.self, second_output, "image", "image")]
         return sites
 
-    def first_layers(self) -> dict[str, nn.Module]:
-        """The path methods run the model again from the first language layer's input (the question's embeddings)
-        and the first relational layer's (the regions' features and boxes, embedded by visn_fc)."""
-        encoder = self.model.lxmert.encoder
-        return {name: layers[0] for name, layers in (("text", encoder.layer), ("image", encoder.r_layers)) if layers}
+    def streams(self) -> dict[str, ModelSpec]:
+        """Each stream's self-attention layers (its own, then its side of the cross-modality layers), with the
+        parts the AttnLRP rules read; the answer head on the language side. None are declared for a model whose
+        language or relational layers are missing (no layer of a stream's own reads its input)."""
+        if self._specs is None:
+            encoder, model = self.model.lxmert.encoder, self.model
+            self._specs = {}
+            if encoder.layer and encoder.r_layers:
+                text = [_layer(l, l.attention, l.intermediate, l.output) for l in encoder.layer]
+                text += [_layer(x, x.lang_self_att, x.lang_inter, x.lang_output) for x in encoder.x_layers]
+                image = [_layer(l, l.attention, l.intermediate, l.output) for l in encoder.r_layers]
+                image += [_layer(x, x.visn_self_att, x.visn_inter, x.visn_output) for x in encoder.x_layers]
+                # the answer head's modules from the pooled [CLS] to the logits: its GeLU, a module the activation
+                # rule does not know, lies between the first Linear and the LayerNorm (the rules' identity span)
+                head = [model.lxmert.pooler.dense, *(model.answer_head.logit_fc[i] for i in (0, 2, 3))]
+                self._specs = {"text": ModelSpec(text, head=head, **_NOT_CVPR),
+                               "image": ModelSpec(image, readout="given", **_NOT_CVPR)}
+        return self._specs
+
+    def cross_stacks(self) -> dict[str, ModelSpec]:
+        """The co-attention's projections; one module serves both directions."""
+        if not self.streams():
+            return {}
+        co_attention = ModelSpec([LayerSpec(block=x, attention=x.visual_attention.att, extract_probs=second_output,
+                                            num_heads=0, out_proj=None, fc1=None, fc2=None, norm_first=False,
+                                            query=x.visual_attention.att.query, key=x.visual_attention.att.key,
+                                            value=x.visual_attention.att.value)
+                                  for x in self.model.lxmert.encoder.x_layers], **_NOT_CVPR)
+        return {"text": co_attention, "image": co_attention}
+
+    def rules_refusal(self, method: Method) -> str | None:
+        if not self.streams():
+            return ("the model has no language or no relational layer before its cross-modality layers, so a stream "
+                    "has no layer of its own whose input the rules' relevance is read from")
+        return super().rules_refusal(method)
 
     def run(self, method: Method, forward, tokens=None, lrp=None, rerun=None) -> Pass:
         with returning_attention(site.module for site in self.sites()):

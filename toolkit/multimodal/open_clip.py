@@ -5,6 +5,8 @@ open_clip calls ``torch.nn.MultiheadAttention`` with ``need_weights=False``, so 
 probabilities never leave the module. During the explained pass only, a forward pre-hook asks each
 module for its per-head weights; the tensor it returns is a view of the softmax output that
 multiplies the values, and that output (its ``_base``) is what the gradients are taken against.
+The AttnLRP / CP-LRP rules act at the same module (:mod:`toolkit.core.lrp_rules`): it projects query,
+key and value inside one call, with no module at their outputs to hook.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import InputError, UnsupportedModelError
 from ..methods import Method
 from ..text import read_texts, warn_cut
-from ..core.engine import Pass
+from ..core.engine import Pass, sites_of
+from ..core.spec import LayerSpec, ModelSpec
 from .base import MultimodalAdapter, Site, reject_unknown
-from .clip import (class_token_relevance, one_pair, shown_images, similarity_explanations, similarity_inputs,
-                   text_side_method)
+from .clip import (class_token_relevance, held_norm_cosine, one_pair, shown_images, similarity_explanations,
+                   similarity_inputs, text_side_method)
 
 _PROCESSOR_HINT = ("pass open_clip's (preprocess, tokenizer) pair: model, _, preprocess = "
                    "open_clip.create_model_and_transforms(name, pretrained=...); "
@@ -59,6 +63,21 @@ def attention_weights_returned(modules: list[nn.Module]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def tower_spec(transformer: nn.Module) -> ModelSpec:
+    """A tower's blocks with the parts the AttnLRP rules read: the MLP's two Linear layers and the MultiheadAttention,
+    which projects query, key and value inside (the rules apply at the module itself)."""
+    layers = [LayerSpec(block=block, attention=block.attn, extract_probs=softmax_output,
+                        num_heads=block.attn.num_heads, out_proj=block.attn.out_proj, fc1=block.mlp.c_fc,
+                        fc2=block.mlp.c_proj, norm_first=True) for block in transformer.resblocks]
+    sequence_first = None if transformer.batch_first else (
+        "its towers run sequence-first (open_clip before 2.23), and the rules' relevance is read token by token from "
+        "the first block's input in a batch-first layout")
+    return ModelSpec(layers, readout="given", attnlrp_blocker=sequence_first, origin="the open_clip adapter",
+                     lrp_blocker="torch's MultiheadAttention computes its projections and attention products inside "
+                     "one call, whose values the CVPR 2021 LRP pass reads; use attnlrp, cp_lrp, generic, rollout, "
+                     "raw_attention or attention_gradcam")
 
 
 def texts_read(tokenizer: Any, texts: list[str], context: int) -> list[str]:
@@ -127,11 +146,15 @@ class OpenCLIPAdapter(MultimodalAdapter):
     def matches(cls, model: nn.Module) -> bool:
         return type(model).__module__.split(".")[0] == "open_clip" and hasattr(model, "encode_image")
 
+    def streams(self) -> dict[str, ModelSpec]:
+        if self._specs is None:
+            towers = {"image": self.model.visual.transformer, "text": self.model.transformer}
+            self._specs = {name: tower_spec(transformer) for name, transformer in towers.items()}
+        return self._specs
+
     def sites(self) -> list[Site]:
-        vision = [Site(block.attn, softmax_output, "image", "image")
-                  for block in self.model.visual.transformer.resblocks]
-        text = [Site(block.attn, softmax_output, "text", "text") for block in self.model.transformer.resblocks]
-        return vision + text
+        streams = self.streams()
+        return sites_of(streams["image"], "image") + sites_of(streams["text"], "text")
 
     def _eot_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Where the text tower reads its pooled output (as open_clip's text_global_pool does)."""
@@ -157,7 +180,8 @@ class OpenCLIPAdapter(MultimodalAdapter):
         images, texts, pairs = similarity_inputs(self, method, target, image, text)
         text_method, options = text_side_method(method, start_layer_text)
         preprocess, tokenizer = self.processor
-        pixels = torch.stack([preprocess(im) for im in images])[[i for i, _ in pairs]].to(self.device)
+        pixels = torch.stack([preprocess(im) for im in images])[[i for i, _ in pairs]]
+        pixels = pixels.to(self.device, self.model.visual.conv1.weight.dtype)
         context = self.model.context_length
         ids = tokenizer(texts, context_length=context) if hasattr(tokenizer, "context_length") else tokenizer(texts)
         if ids.shape[-1] != context:
@@ -167,8 +191,11 @@ class OpenCLIPAdapter(MultimodalAdapter):
         texts = texts_read(tokenizer, texts, context)
 
         def run():
-            cosine = (self.model.encode_image(pixels, normalize=True)
-                      * self.model.encode_text(ids, normalize=True)).sum(-1)
+            image, text = self.model.encode_image(pixels), self.model.encode_text(ids)
+            if method.rules is None:
+                cosine = (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
+            else:  # the norms held constant, as the LRP rules hold LayerNorm's standard deviation
+                cosine = held_norm_cosine(image, text)
             return cosine, cosine * self.model.logit_scale.exp()
 
         batch = len(pairs)
