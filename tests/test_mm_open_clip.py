@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from references import Layer, _lin, assert_scores, attnlrp_layer, eps_layer_norm, eps_linear, layer_forward
+from references import (Layer, _lin, assert_scores, attnlrp_layer, completeness_gap, eps_layer_norm, eps_linear,
+                        from_first_layer, gradient_x_input_by_hand, layer_forward, path_integral)
 from toolkit import Explainer, InputError, ModelLoadError, ToolkitWarning, UnsupportedModelError
 from toolkit.core.lrp_rules import ATTNLRP
 from toolkit.multimodal.open_clip import attention_weights_returned
@@ -195,6 +196,13 @@ def test_sequence_first_layout_of_older_open_clip_gives_the_same(clip):
         np.testing.assert_allclose(ours.heatmap, theirs.heatmap, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-4, atol=1e-6)
     assert "sequence-first" in refusal  # the rules read the first block's input batch-first
+    for module in modules:
+        module.batch_first = False
+    try:
+        assert "runs the model again" in Explainer(model, processor).method_refusal("integrated_gradients")
+    finally:
+        for module in modules:
+            module.batch_first = True
 
 
 def test_frozen_model_or_callers_no_grad_give_the_same_gradients(clip):
@@ -445,3 +453,66 @@ def test_rule_hooks_undone_when_forward_or_backward_raises(clip, monkeypatch):
             monkeypatch.undo()
             assert hook_ids(model) == before
     assert float(np.abs(ex.explain(image=image, text="a dog", method="attnlrp").scores).max()) > 0
+
+
+# --- the captum methods: each tower run again from its first block's input ----------------------------------------
+def towers_by_hand(model, processor, image, text):
+    """Per tower, (f, x) of references.from_first_layer for one pair's logit scale * cosine."""
+    preprocess, tokenizer = processor
+    pixels, ids = preprocess(image)[None].double(), tokenizer([text])
+
+    def run(times: int) -> torch.Tensor:
+        image_embeds = model.encode_image(pixels.repeat(times, 1, 1, 1), normalize=True)
+        text_embeds = model.encode_text(ids.repeat(times, 1), normalize=True)
+        return (image_embeds * text_embeds).sum(-1) * model.logit_scale.exp()
+
+    return {"image": from_first_layer(model.visual.transformer.resblocks[0], run),
+            "text": from_first_layer(model.transformer.resblocks[0], run)}
+
+
+def test_path_methods_match_the_hand_computation_per_pair_and_tower(clip):
+    """gradient x input by autograd and integrated gradients as a 400-point path integral from the mean token, per
+    pair and tower (image: the patches, the class token left out; text: up to the end of text, where the tower reads);
+    the text side sums to the logit's change along the path, up to captum's convergence delta."""
+    model, processor, image = clip
+    model = float64_copy(model)
+    ex = Explainer(model, processor)
+    by_ig = ex.explain(image=image, text=TEXTS, method="integrated_gradients", steps=64, internal_batch_size=64)
+    by_gxi = ex.explain(image=image, text=TEXTS, method="gradient_x_input")
+    for text, ig, gxi in zip(TEXTS, by_ig, by_gxi):
+        hand = towers_by_hand(model, processor, image, text)
+        for stream, method_scores in (("image", (ig.heatmap.ravel(), gxi.heatmap.ravel())),
+                                      ("text", (ig.scores, gxi.scores))):
+            f, x = hand[stream]
+            real = x.shape[0] if stream == "image" else len(ig.tokens)  # the text's tokens up to its end
+            x0 = x[:real].mean(dim=0, keepdim=True).expand_as(x)
+            expected_ig, expected_gxi = path_integral(f, x, x0), gradient_x_input_by_hand(f, x)
+            if stream == "image":
+                expected_ig, expected_gxi = expected_ig[1:], expected_gxi[1:]
+            else:
+                length = len(ig.tokens)
+                expected_ig, expected_gxi = expected_ig[:length], expected_gxi[:length]
+            for actual, expected, name in ((method_scores[0], expected_ig, "integrated_gradients"),
+                                           (method_scores[1], expected_gxi, "gradient_x_input")):
+                torch.testing.assert_close(torch.from_numpy(np.asarray(actual, dtype=np.float64)), expected,
+                                           rtol=1e-3, atol=1e-3 * float(expected.abs().max()),
+                                           msg=lambda m: f"{text!r} {stream} {name}: {m}")
+        f, x = hand["text"]
+        x0 = x[:len(ig.tokens)].mean(dim=0, keepdim=True).expand_as(x)
+        gap, delta, change = completeness_gap(f, x, x0, float(np.sum(ig.scores)), 64)
+        assert gap == pytest.approx(delta, abs=1e-5 * abs(change) + 1e-6)  # the positions after the end add nothing
+        assert abs(delta) < 1e-3 * abs(change)
+
+
+def test_path_methods_batch_like_one_pair_and_release_every_hook(clip):
+    model, processor, image = clip
+    model = float64_copy(model)
+    before = hook_ids(model)
+    ex = Explainer(model, processor)
+    batched = ex.explain(image=image, text=TEXTS, method="integrated_gradients", steps=8, internal_batch_size=6)
+    assert hook_ids(model) == before
+    for text, exp in zip(TEXTS, batched):
+        alone = ex.explain(image=image, text=text, method="integrated_gradients", steps=8, internal_batch_size=6)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-6, atol=1e-9)
+        assert exp.similarity == pytest.approx(alone.similarity, rel=1e-9)

@@ -142,6 +142,11 @@ class OpenCLIPAdapter(MultimodalAdapter):
             raise InputError("open_clip models need their image transform and tokenizer: " + _PROCESSOR_HINT)
         super().__init__(model, processor)
 
+    @property
+    def reruns(self) -> bool:
+        """The path methods run each tower again from its first block's input, batch first (open_clip 2.23 on)."""
+        return self.model.transformer.batch_first and self.model.visual.transformer.batch_first
+
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return type(model).__module__.split(".")[0] == "open_clip" and hasattr(model, "encode_image")
@@ -162,9 +167,9 @@ class OpenCLIPAdapter(MultimodalAdapter):
             return ids.argmax(dim=-1)
         return (ids == self.model.text_eos_id).int().argmax(dim=-1)
 
-    def _capture(self, method: Method, run, batch: int) -> Pass:
+    def _capture(self, method: Method, run, rerun, batch: int) -> Pass:
         with attention_weights_returned([site.module for site in self.sites()]):
-            captured = self.run(method, run)
+            captured = self.run(method, run, rerun=rerun)
         captured.probs = per_head(captured.probs, batch)
         if captured.grads is not None:
             captured.grads = per_head(captured.grads, batch)
@@ -198,8 +203,13 @@ class OpenCLIPAdapter(MultimodalAdapter):
                 cosine = held_norm_cosine(image, text)
             return cosine, cosine * self.model.logit_scale.exp()
 
+        def rerun(times: int) -> torch.Tensor:
+            image = self.model.encode_image(pixels.repeat(times, 1, 1, 1), normalize=True)
+            text = self.model.encode_text(ids.repeat(times, 1), normalize=True)
+            return ((image * text).sum(-1) * self.model.logit_scale.exp())[:, None]
+
         batch = len(pairs)
-        captured = self._capture(method, run, batch)
+        captured = self._capture(method, run, rerun, batch)
         image_rel = class_token_relevance(self, method, captured, batch)
         eot = self._eot_positions(ids)
         positions = torch.arange(ids.shape[1], device=self.device).expand(batch, -1)
