@@ -268,15 +268,20 @@ def test_rules_batch_like_one_pair_and_leave_the_model_clean(lxmert, method, mon
         assert hook_ids(model) == before
 
 
-def test_rules_refused_without_a_relational_layer(lxmert):
-    """The image stream's relevance is read at the input of its first layer of its own: none, no rules."""
+def test_rules_and_path_methods_refused_without_a_relational_layer(lxmert):
+    """Without relational layers the regions reach the co-attention straight from their embedding: no first layer
+    of their own to read the rules' relevance at, or to run the model again from; the attention methods still
+    apply."""
     model, tok, sets = lxmert
     config = copy.deepcopy(model.config)
     config.r_layers = 0
     ex = Explainer(LxmertForQuestionAnswering(config).eval(), tok)
     for method in ("attnlrp", "cp_lrp"):
         assert "no language or no relational layer" in ex.method_refusal(method)
+    for method in ("integrated_gradients", "gradient_x_input"):
+        assert "runs the model again from a stream's first-layer input" in ex.method_refusal(method)
     assert ex.explain(question=QUESTIONS[0], visual_feats=sets[0][0], visual_pos=sets[0][1]).heatmap.std() > 0
+    assert {"integrated_gradients", "gradient_x_input"} <= set(Explainer(model, tok).applicable_methods())
 
 
 def test_region_overlay_paints_each_pixel_with_its_most_relevant_box():
@@ -380,16 +385,3 @@ def test_path_methods_batch_like_one_pair_and_leave_the_model_as_it_was(lxmert, 
     # the pass itself, then per stream (text, regions) one forward for gradient x input, or the 8 steps of both
     # pairs 3 at a time (internal_batch_size 6 // 2 pairs)
     assert sizes == ([2, 6, 6, 4, 6, 6, 4] if method == "integrated_gradients" else [2, 2, 2])
-
-
-def test_path_methods_need_both_streams_first_layers(lxmert):
-    """Without relational layers the regions reach the co-attention straight from their embedding: no first layer
-    of their own to run the model again from, so the path methods are refused (the attention methods still apply)."""
-    model, tok, sets = lxmert
-    config = copy.deepcopy(model.config)
-    config.r_layers = 0
-    ex = Explainer(LxmertForQuestionAnswering(config).eval(), tok)
-    for method in ("integrated_gradients", "gradient_x_input"):
-        assert "runs the model again from a stream's first-layer input" in ex.method_refusal(method)
-    assert "generic" in ex.applicable_methods()
-    assert {"integrated_gradients", "gradient_x_input"} <= set(Explainer(model, tok).applicable_methods())

@@ -317,7 +317,8 @@ def test_a_model_made_in_inference_mode_is_refused_for_gradient_methods(tokenize
         model = make_classifier(tokenizer)
     explainer = Explainer(model, tokenizer)
     with pytest.raises(UnsupportedModelError, match=r"made under torch.inference_mode\(\), and 'generic' needs "
-                                                    r"gradients.*without gradients: lrp, partial_lrp, raw_attention"):
+                                                    r"gradients.*without gradients: lrp, lrp_plain, partial_lrp, "
+                                                    r"partial_lrp_plain, raw_attention"):
         explainer.explain("a red circle", method="generic")
     np.testing.assert_allclose(explainer.explain("a red circle", method="rollout").scores,
                                bert.explain("a red circle", method="rollout").scores, rtol=1e-6)
