@@ -602,6 +602,21 @@ def reference_attnlrp(case, i: int, target: int | None, value_share: float = 0.5
     return result
 
 
+def assert_pairs_match_rules_reference(explainer, image, texts: list[str], method: str, reference: Callable) -> None:
+    """Each (image, text) pair's explanation by ``method`` (attnlrp or cp_lrp) against ``reference(text)`` -> (patch
+    relevance, token relevance) of that pair alone, with relevance in both towers; every hook released after."""
+    from conftest import hook_counts
+
+    before = hook_counts(explainer.model)
+    explanations = explainer.explain(image=image, text=texts, method=method)
+    assert hook_counts(explainer.model) == before
+    for exp, text in zip(explanations, texts):
+        heatmap, text_rel = reference(text)
+        assert_scores(exp.heatmap, heatmap, f"{method} {text!r} patches", rtol=1e-5, atol_rel=1e-5)
+        assert_scores(exp.scores, text_rel, f"{method} {text!r} tokens", rtol=1e-5, atol_rel=1e-5)
+        assert float(np.abs(exp.heatmap).max()) > 0 and float(np.abs(exp.scores).max()) > 0
+
+
 # --- the path methods (gradient x input, integrated gradients) by hand, from a stream's first layer --------------------
 def from_first_layer(block: nn.Module, run: Callable[[int], torch.Tensor]
                      ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
@@ -643,6 +658,22 @@ def path_integral(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x0
         line = (x0 + part[:, None, None] * (x - x0)).requires_grad_()
         total += torch.autograd.grad(f(line).sum(), line)[0].sum(0)
     return ((x - x0) * total / points).sum(-1)
+
+
+def by_path_methods(explainer, **inputs) -> list[tuple]:
+    """(integrated gradients with 64 steps in one batch, gradient x input) of every item the inputs give."""
+    return list(zip(explainer.explain(**inputs, method="integrated_gradients", steps=64, internal_batch_size=64),
+                    explainer.explain(**inputs, method="gradient_x_input")))
+
+
+def assert_path_methods_by_hand(ig_scores, gxi_scores, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                                x0: torch.Tensor, what: str, kept: slice = slice(None)) -> None:
+    """Integrated gradients from ``x0`` against a 400-point path integral of ``f``, and gradient x input against
+    autograd, on the tokens ``kept`` of the first layer's input ``x`` (the scores are per kept token)."""
+    for actual, expected, name in ((ig_scores, path_integral(f, x, x0)[kept], "integrated_gradients"),
+                                   (gxi_scores, gradient_x_input_by_hand(f, x)[kept], "gradient_x_input")):
+        torch.testing.assert_close(torch.from_numpy(np.asarray(actual, dtype=np.float64)), expected, rtol=1e-3,
+                                   atol=1e-3 * float(expected.abs().max()), msg=lambda m: f"{what} {name}: {m}")
 
 
 def completeness_gap(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x0: torch.Tensor, total: float,

@@ -100,14 +100,16 @@ def softmax_taps():
         torch.Tensor.softmax = method
 
 
-def softmax_deficit(taps: list[dict]) -> torch.Tensor:
-    """Per sample: the relevance AttnLRP's softmax rule keeps, 1/2 (sum s dL/ds - sum x dL/dx), over every layer."""
+def softmax_deficit(taps: list[dict], batch: int | None = None) -> torch.Tensor:
+    """Per sample: the relevance AttnLRP's softmax rule keeps, 1/2 (sum s dL/ds - sum x dL/dx), over every layer.
+    ``batch``: the number of samples, for softmax inputs whose first dimension is not the batch's (torch's
+    MultiheadAttention computes its softmax over (batch * heads, queries, keys))."""
     total = 0
     for tap in taps:
         x, gx = tap["x"].double(), tap["gx"].double()
         # masked scores (-inf where XLM casts its float64 minimum to float32) get no gradient and keep nothing
         kept = tap["s"].double() * tap["gs"].double() - torch.where(gx == 0, torch.zeros_like(x), x * gx)
-        total = total + 0.5 * kept.flatten(1).sum(dim=1)
+        total = total + 0.5 * (kept.flatten(1) if batch is None else kept.reshape(batch, -1)).sum(dim=1)
     return total
 
 

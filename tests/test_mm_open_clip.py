@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from references import (Layer, _lin, assert_scores, attnlrp_layer, completeness_gap, eps_layer_norm, eps_linear,
-                        from_first_layer, gradient_x_input_by_hand, layer_forward, path_integral)
+from references import (Layer, _lin, assert_pairs_match_rules_reference, assert_path_methods_by_hand, attnlrp_layer,
+                        by_path_methods, completeness_gap, eps_layer_norm, eps_linear, from_first_layer, layer_forward)
 from toolkit import Explainer, InputError, ModelLoadError, ToolkitWarning, UnsupportedModelError
 from toolkit.core.lrp_rules import ATTNLRP
 from toolkit.multimodal.open_clip import attention_weights_returned
@@ -383,14 +383,8 @@ def rules_reference(model, processor, image, text, value_share):
 def test_rules_match_the_explicit_reference_in_both_towers(clip, method):
     model, processor, image = clip
     model = float64_copy(model)
-    before = hook_ids(model)
-    exps = Explainer(model, processor).explain(image=image, text=TEXTS, method=method)
-    assert hook_ids(model) == before
-    for exp, text in zip(exps, TEXTS):
-        heatmap, text_rel = rules_reference(model, processor, image, text, RULE_SHARES[method])
-        assert_scores(exp.heatmap, heatmap, f"{method} {text!r} patches", rtol=1e-5, atol_rel=1e-5)
-        assert_scores(exp.scores, text_rel, f"{method} {text!r} tokens", rtol=1e-5, atol_rel=1e-5)
-        assert float(np.abs(exp.heatmap).max()) > 0 and float(np.abs(exp.scores).max()) > 0
+    assert_pairs_match_rules_reference(Explainer(model, processor), image, TEXTS, method, lambda text: rules_reference(
+        model, processor, image, text, RULE_SHARES[method]))
 
 
 def test_cp_lrp_conserves_the_similarity_in_each_tower(clip):
@@ -476,27 +470,15 @@ def test_path_methods_match_the_hand_computation_per_pair_and_tower(clip):
     the text side sums to the logit's change along the path, up to captum's convergence delta."""
     model, processor, image = clip
     model = float64_copy(model)
-    ex = Explainer(model, processor)
-    by_ig = ex.explain(image=image, text=TEXTS, method="integrated_gradients", steps=64, internal_batch_size=64)
-    by_gxi = ex.explain(image=image, text=TEXTS, method="gradient_x_input")
-    for text, ig, gxi in zip(TEXTS, by_ig, by_gxi):
+    for text, (ig, gxi) in zip(TEXTS, by_path_methods(Explainer(model, processor), image=image, text=TEXTS)):
         hand = towers_by_hand(model, processor, image, text)
         for stream, method_scores in (("image", (ig.heatmap.ravel(), gxi.heatmap.ravel())),
                                       ("text", (ig.scores, gxi.scores))):
             f, x = hand[stream]
             real = x.shape[0] if stream == "image" else len(ig.tokens)  # the text's tokens up to its end
             x0 = x[:real].mean(dim=0, keepdim=True).expand_as(x)
-            expected_ig, expected_gxi = path_integral(f, x, x0), gradient_x_input_by_hand(f, x)
-            if stream == "image":
-                expected_ig, expected_gxi = expected_ig[1:], expected_gxi[1:]
-            else:
-                length = len(ig.tokens)
-                expected_ig, expected_gxi = expected_ig[:length], expected_gxi[:length]
-            for actual, expected, name in ((method_scores[0], expected_ig, "integrated_gradients"),
-                                           (method_scores[1], expected_gxi, "gradient_x_input")):
-                torch.testing.assert_close(torch.from_numpy(np.asarray(actual, dtype=np.float64)), expected,
-                                           rtol=1e-3, atol=1e-3 * float(expected.abs().max()),
-                                           msg=lambda m: f"{text!r} {stream} {name}: {m}")
+            kept = slice(1, None) if stream == "image" else slice(0, real)  # the patches; the text up to its end
+            assert_path_methods_by_hand(*method_scores, f, x, x0, f"{text!r} {stream}", kept)
         f, x = hand["text"]
         x0 = x[:len(ig.tokens)].mean(dim=0, keepdim=True).expand_as(x)
         gap, delta, change = completeness_gap(f, x, x0, float(np.sum(ig.scores)), 64)

@@ -26,7 +26,10 @@ replacement of its gradient such that relevance in = input * (replaced gradient)
   inside one call, with no module at the projections' outputs: there the value factor is applied to the gradient
   of its inputs, and query_key / value to the gradient the softmax passes back from the attention weights that
   multiplied V (returned with ``need_weights=True, average_attn_weights=False`` as a view of them), which reaches
-  only Q and K: the same gradient everywhere outside the call, and the same at the attention weights.
+  only Q and K: the same gradient everywhere outside the call, and the same at the attention weights. An
+  attention-pooling head (SigLIP's: a learned probe as the only query) is declared as a stack's ``pool`` and passed as
+  a layer; the probe's share of Q K^T stays with it, as a bias's does. A MultiheadAttention that nothing declares is
+  refused (:func:`undeclared_attention`).
 
 CP-LRP holds the attention weights constant: no relevance through Q and K (factor 0), and A V is linear in V
 (factor 1); the other rules are the same.
@@ -146,15 +149,15 @@ class RuleSet:
         """Why these rules cannot pass some part of the model (checked before any work), or None."""
         if spec.attnlrp_blocker:
             return spec.attnlrp_blocker
-        for index, layer in enumerate(spec.layers):
+        for name, layer in _ruled_layers(spec):
             if layer.qkv is None and None in (layer.query, layer.key, layer.value) and not _projects_inside(layer):
-                return (f"layer {index}'s entry declares no qkv (or query, key and value) projection, at whose output "
+                return (f"{name}'s entry declares no qkv (or query, key and value) projection, at whose output "
                         "the attention rules are applied")
             if layer.fc1 is None or layer.fc2 is None:
-                return f"layer {index}'s entry declares no fc1 and fc2, between which the MLP's activation lies"
+                return f"{name}'s entry declares no fc1 and fc2, between which the MLP's activation lies"
             mlp = _common_parent(spec, model, layer.fc1, layer.fc2)
             if layer.gated_mlp and not any(is_activation(m) for m in mlp.modules()):
-                return (f"layer {index}'s gated MLP ({type(mlp).__name__}) calls its activation as a function, not as "
+                return (f"{name}'s gated MLP ({type(mlp).__name__}) calls its activation as a function, not as "
                         "a module: hooks cannot give it the identity rule")
         for path, module in model.named_modules():
             if unknown_norm(module):
@@ -168,7 +171,7 @@ class RuleSet:
         the declared stacks (one for a classifier; an image-text model's towers each have one). On a normal exit, a
         declared projection that never ran (its rule never applied) raises a FamilyError."""
         handles, fired = [], Counter()
-        layers = [layer for spec in specs for layer in spec.layers]
+        layers = [layer for spec in specs for _, layer in _ruled_layers(spec)]
         heads = [spec.head for spec in specs]
         try:
             for module in model.modules():
@@ -217,6 +220,22 @@ class RuleSet:
         width = _main_width(module) // len(roles)
         factors = [self.value if role == "v" else self.query_key for role in roles for _ in range(width)]
         return module, torch.tensor(factors)
+
+
+def _ruled_layers(spec: ModelSpec) -> list[tuple[str, LayerSpec]]:
+    """(name for messages, layer) of every part the rules pass as a layer: the declared layers and a pooling head."""
+    named = [(f"layer {index}", layer) for index, layer in enumerate(spec.layers)]
+    return named + ([("the pooling head", spec.pool)] if spec.pool is not None else [])
+
+
+def undeclared_attention(model: nn.Module, *specs: ModelSpec) -> str | None:
+    """Why the rules cannot pass a torch MultiheadAttention that no declared layer or pooling head names (they would
+    leave its attention products with their plain gradients), or None."""
+    declared = {id(layer.attention) for spec in specs for _, layer in _ruled_layers(spec)}
+    path = next((path for path, module in model.named_modules()
+                 if isinstance(module, nn.MultiheadAttention) and id(module) not in declared), None)
+    return None if path is None else (f"{path} is a torch MultiheadAttention that no declared layer or pool names, so "
+                                      "the attention rules would not reach it")
 
 
 def _projects_inside(layer: LayerSpec) -> bool:

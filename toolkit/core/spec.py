@@ -71,6 +71,9 @@ class ModelSpec:
     (a causal language model: each explained token is read at the position before it, which the generation task
     gives per step) or ``"given"`` (a stream of an image-text family whose task gives each sample's read-out, as
     CLIP's end-of-text token).
+    ``pool``: an attention-pooling head after the layers (SigLIP's: a learned probe attending to every token
+    through a MultiheadAttention, then an MLP on a residual), which the AttnLRP / CP-LRP rules pass as they pass a
+    layer; nothing else reads it.
     ``origin`` names the declaration for messages, ``paths`` the declared path of each module, and
     ``nearby(path)`` the module paths that exist close to a path that did not work.
     """
@@ -83,6 +86,7 @@ class ModelSpec:
     attnlrp_blocker: str | None = None  # why the AttnLRP / CP-LRP rules (core.lrp_rules) cannot pass, if they cannot
     # (last layer's output (B, N, D), token mask, targets) -> its LRP relevance, for a head without Linear layers
     token_start: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    pool: LayerSpec | None = None
     origin: str = "the adapter"
     paths: dict[int, str] = field(default_factory=dict)
     nearby: Callable[[str], str] = field(default=lambda path: "", repr=False)

@@ -40,6 +40,9 @@ KEYS = {
     "cross": "in a stream: where each layer's cross-attention probabilities are captured, {module: path, output: "
              "index, key: the stream it attends to, projections: {query, key, value} (Linear or Conv1D, for the "
              "AttnLRP rules; key and value may name one module whose output is [key | value])}",
+    "pool": "in a stream: an attention-pooling head after the layers, {module: path, attention: path of its torch "
+            "nn.MultiheadAttention (from the module), fc1: path, fc2: path (its MLP)}, which the AttnLRP and CP-LRP "
+            "rules pass (SigLIP's image tower: a learned probe attends to every patch)",
     "source": "hf (default) or timm: how images are preprocessed, how labels are read",
     "forward_kwargs": "keyword arguments every forward call gets (e.g. output_attentions: true)",
     "layers": "pattern of the layer modules, * standing for the layer index",
@@ -70,9 +73,11 @@ RULE_SETS = ("cvpr2021", "attnlrp")  # the LRP rules of Chefer et al. (CVPR 2021
 LINEAR_PARTS = ("query", "key", "value", "qkv", "out_proj", "fc1", "fc2")
 MODULE_PARTS = ("attn_branch", "mlp_branch")
 SCALE_PARTS = ("attn_scale", "mlp_scale")
+POOL_PARTS = ("module", "attention", "fc1", "fc2")
 MISSING = object()
 INPUTS = ("text", "image", "text-generation", "image-text")
 STREAM = "stream"  # the inputs of a stream inside an image-text family
+STREAM_KEYS = ("cross", "pool")  # keys only a stream declares
 
 
 def expand(path: str, base: str, index: str | None = None) -> str:
@@ -161,10 +166,10 @@ class Family:
             raise self.error(f"missing {', '.join(missing)} ({'; '.join(KEYS[key] for key in missing)})")
         self._one_of("inputs", INPUTS + ((STREAM,) if "." in self.name else ()))
         misplaced = [key for key in ("task", "streams") if key in self.entry and kind != "image-text"]
-        misplaced += ["cross"] if "cross" in self.entry and kind != STREAM else []
+        misplaced += [key for key in STREAM_KEYS if key in self.entry and kind != STREAM]
         if misplaced:
             raise self.error(f"{', '.join(misplaced)} belong{'s' if len(misplaced) == 1 else ''} to "
-                             + ("a stream of an image-text family" if misplaced == ["cross"] else
+                             + ("a stream of an image-text family" if set(misplaced) <= set(STREAM_KEYS) else
                                 "an image-text family (inputs: image-text)"))
         if kind == "image-text":
             self._check_streams()
@@ -199,6 +204,10 @@ class Family:
                     and set(blocker.get("rules", RULE_SETS)) <= set(RULE_SETS)):
                 raise self.error(f"each lrp_blockers item is {{reason: text, if_present: [paths], rules: [rule sets of "
                                  f"{', '.join(RULE_SETS)}]}}; got {blocker!r}")
+        pool = self.get("pool", {})
+        if not (isinstance(pool, dict) and all(isinstance(path, str) for path in pool.values())
+                and set(pool) in (set(), set(POOL_PARTS))):
+            raise self.error(f"pool is {{{': path, '.join(POOL_PARTS)}: path}}; got {pool!r}")
         if not isinstance(self.get("gated_mlp", False), bool):
             raise self.error(f"gated_mlp is true or false; got {self.get('gated_mlp')!r}")
         if not isinstance(self.get("forward_kwargs", {}), dict):
@@ -455,7 +464,24 @@ class Layout:
         token_start = None if start is None else functools.partial(quirks.LRP_STARTS[start], self.model)
         return ModelSpec(layers=layers, head=head, readout=kind, readout_index=index, lrp_blocker=blocker,
                          attnlrp_blocker=self._declared_blocker("attnlrp"), token_start=token_start,
-                         origin=self.family.label, paths=paths, nearby=self.nearby)
+                         pool=self._pool(paths), origin=self.family.label, paths=paths, nearby=self.nearby)
+
+    def _pool(self, paths: dict[int, str]) -> LayerSpec | None:
+        """The attention-pooling head as a layer whose MultiheadAttention projects inside (the rules apply at it)."""
+        pool = self.family.get("pool")
+        if not pool:
+            return None
+        block = self.find("pool.module", pool["module"])
+        path = expand(pool["module"], self.base)
+        attention = self.find("pool.attention", pool["attention"], path)
+        if not isinstance(attention, nn.MultiheadAttention):
+            raise self.error(f"pool.attention {pool['attention']!r} is a {type(attention).__name__}; expected the "
+                             "torch nn.MultiheadAttention of the pooling head", self.full_path(pool["attention"], path))
+        fc1, fc2 = (self._linear(f"pool.{key}", path, path=pool[key]) for key in ("fc1", "fc2"))
+        paths.update({id(block): path, **{id(module): self.full_path(pool[key], path)
+                                          for key, module in (("attention", attention), ("fc1", fc1), ("fc2", fc2))}})
+        return LayerSpec(block=block, attention=attention, extract_probs=_output(1, self._no_probs(path, 1)),
+                         num_heads=attention.num_heads, out_proj=attention.out_proj, fc1=fc1, fc2=fc2, norm_first=True)
 
     def _absent_parts(self, parts: dict, norm: str | None) -> str | None:
         """Why LRP cannot pass a layer whose entry leaves out (or marks absent) a part the rules read."""

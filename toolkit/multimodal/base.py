@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..core import engine
 from ..core.engine import Site
+from ..core.lrp_rules import undeclared_attention
 from ..core.propagation import one_hot
 from ..core.spec import ModelSpec
 from ..errors import InputError, UnsupportedModelError
@@ -206,7 +207,8 @@ class MultimodalAdapter(ABC):
 
     def rules_refusal(self, method: type[Method]) -> str | None:
         """Why LRP rules applied to the whole pass cannot explain this model: a stream without declared layers, a
-        part of one the rules cannot pass, or a cross-attention without declared projections."""
+        part of one the rules cannot pass, a cross-attention without declared projections, or a torch
+        MultiheadAttention that nothing declares."""
         streams = self.streams()
         sites_streams = {site.query for site in self.sites()}
         if not streams or sites_streams - set(streams):
@@ -220,7 +222,7 @@ class MultimodalAdapter(ABC):
         if missing:
             return (f"the cross-attention of the {', '.join(missing)} stream declares no query, key and value "
                     "projections (cross: projections:), where the attention rules apply")
-        return None
+        return undeclared_attention(self.model, *streams.values(), *self.cross_stacks().values())
 
     def cross_stacks(self) -> dict[str, ModelSpec]:
         """Per stream that attends to another, its cross-attention projections as declared (for the LRP rules)."""

@@ -4,6 +4,11 @@ SigLIP differs from CLIP in three true quirks, kept here: the image is read by a
 probe attending to every patch, no class token), so the image tower's read-out row is that head's attention
 (averaged over heads) rather than one token; the text is read at the last position of a text padded to the full
 length; and the pair's probability is the sigmoid of its logit (scale x cosine + bias), as SigLIP is trained.
+
+The pooling head's torch MultiheadAttention is asked for its per-head weights during the explained pass (SigLIP
+asks for their average): the read-out row averages them, and the AttnLRP / CP-LRP rules act on the softmax output
+they are a view of. families.yaml declares the head (``pool``) for the rules, which then pass it as a layer; the
+probe's share of the query-key product stays with the probe, as a bias's share does.
 """
 from __future__ import annotations
 
@@ -13,16 +18,16 @@ import torch
 
 from ..methods import Method
 from ..text import encoded_words, read_texts, unknown_token_mask
-from .clip import (HFCLIPAdapter, one_pair, shown_images, similarity_explanations, similarity_inputs,
-                   special_or_readout, special_tokens, text_side_method)
+from .clip import (HFCLIPAdapter, held_norm_similarity, one_pair, shown_images, similarity_explanations,
+                   similarity_inputs, special_or_readout, special_tokens, text_side_method)
 from .base import reject_unknown
+from .open_clip import attention_weights_returned
 
 
 class SiglipAdapter(HFCLIPAdapter):
     family = "siglip"
     examples = "Hugging Face SiglipModel (google/siglip-base-patch16-224, ...)"
     model_types = ("siglip",)
-    reruns = False
 
     @classmethod
     def load(cls, name: str, **kwargs):
@@ -32,7 +37,8 @@ class SiglipAdapter(HFCLIPAdapter):
 
     def explain(self, method: Method, target: Any, image: Any = None, text: Any = None,
                 start_layer_text: int = 0, **unknown) -> list:
-        """As CLIP's; ``probability`` is the sigmoid of the pair's logit, each pair on its own."""
+        """As CLIP's; ``probability`` is the sigmoid of the pair's logit, each pair on its own, and the logit (with
+        its bias) is what every method explains."""
         reject_unknown(self.family, "image=, text= and start_layer_text=", unknown)
         images, texts, pairs = similarity_inputs(self, method, target, image, text)
         text_method, options = text_side_method(method, start_layer_text)
@@ -50,18 +56,29 @@ class SiglipAdapter(HFCLIPAdapter):
         pooled: list[torch.Tensor] = []
         handle = pooling.register_forward_hook(lambda module, args, output: pooled.append(output[1].detach()))
 
+        def pair_logit(out) -> torch.Tensor:
+            """scale * cosine + bias; under LRP rules with the embeddings' norms held constant."""
+            similarity = (held_norm_similarity(self.model, out) if method.rules is not None
+                          else (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp())
+            return similarity + self.model.logit_bias
+
         def run():
             out = self.model(input_ids=enc["input_ids"], pixel_values=pixels)
-            logit = (out.image_embeds * out.text_embeds).sum(-1) * self.model.logit_scale.exp() + self.model.logit_bias
-            return out, logit
+            return out, pair_logit(out)
+
+        def rerun(times: int) -> torch.Tensor:
+            out = self.model(input_ids=enc["input_ids"].repeat(times, 1), pixel_values=pixels.repeat(times, 1, 1, 1))
+            return pair_logit(out)[:, None]
 
         try:
-            captured = self.run(method, run)
+            with attention_weights_returned([pooling]):
+                captured = self.run(method, run, rerun=rerun)
         finally:
             handle.remove()
         batch, length = len(pairs), enc["input_ids"].shape[1]
+        captured.targets = torch.zeros(batch, dtype=torch.long, device=self.device)
         last = torch.full((batch,), length - 1, dtype=torch.long, device=self.device)
-        pool_rows = pooled[-1][:, 0].float()  # (B, N): the probe's attention, heads averaged, over the patches
+        pool_rows = pooled[-1][:, :, 0].mean(1).float()  # (B, N): the probe's attention to each patch, heads averaged
         image_tokens = pool_rows.shape[-1]
         every = torch.ones(batch, image_tokens, dtype=torch.bool, device=self.device)
         image_rel = self.relevance(method, captured, "image", "image", pool_rows, every, every)
