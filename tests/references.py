@@ -589,21 +589,34 @@ def reference_attnlrp(case, i: int, target: int | None, value_share: float = 0.5
         result = InputRelevance(t, float(x[t]), r.sum(dim=-1))
         if case.modality == "image":
             conv, prefix, position = embedding(case)
-            weight, bias = conv.weight.detach().to(DTYPE), conv.bias.detach().to(DTYPE)
-            pixels = p.pixels.to(DTYPE)[None]
-            patches = F.conv2d(pixels, weight, bias, stride=conv.stride)[0]
-            d, gh, gw = patches.shape
-            tokens = torch.cat([prefix.detach().to(DTYPE), patches.reshape(d, -1).T])
-            r_tokens, _ = eps_add(tokens, position.detach().to(DTYPE).expand_as(tokens), r)
-            r_patches = r_tokens[prefix.shape[0]:].T.reshape(1, d, gh, gw)
-            conv_back = torch.nn.grad.conv2d_input(pixels.shape, weight, safe_divide(r_patches, patches[None]),
-                                                   stride=conv.stride)
-            result.pixels = (pixels * conv_back)[0].sum(dim=0)
+            result.pixels = rules_at_pixels(p.pixels, conv, prefix, position, r)
     return result
 
 
+def rules_at_pixels(pixels: torch.Tensor, conv: nn.Conv2d, prefix: torch.Tensor, position: torch.Tensor,
+                    r_first: torch.Tensor, pre_norm: nn.Module | None = None) -> torch.Tensor:
+    """(H, W): the rules' relevance at the pixels (3, H, W) from ``r_first`` (N, D), that of the first layer's input
+    [prefix tokens (P, D); patches] + position (N or 1, D): back through a LayerNorm before the first layer
+    (``pre_norm``, CLIP's), the position-embedding residual, and the epsilon rule on the patch convolution (its
+    output with its bias), summed over the colour channels."""
+    weight = conv.weight.detach().to(DTYPE)
+    bias = None if conv.bias is None else conv.bias.detach().to(DTYPE)
+    pixels = pixels.to(DTYPE)[None]
+    patches = F.conv2d(pixels, weight, bias, stride=conv.stride)[0]
+    d, gh, gw = patches.shape
+    tokens = torch.cat([prefix.detach().to(DTYPE).reshape(-1, d), patches.reshape(d, -1).T])
+    position = position.detach().to(DTYPE).expand_as(tokens)
+    if pre_norm is not None:
+        r_first = eps_layer_norm(pre_norm, tokens + position, r_first)
+    r_tokens, _ = eps_add(tokens, position, r_first)
+    r_patches = r_tokens[tokens.shape[0] - gh * gw:].T.reshape(1, d, gh, gw)
+    conv_back = torch.nn.grad.conv2d_input(pixels.shape, weight, safe_divide(r_patches, patches[None]),
+                                           stride=conv.stride)
+    return (pixels * conv_back)[0].sum(dim=0)
+
+
 def assert_pairs_match_rules_reference(explainer, image, texts: list[str], method: str, reference: Callable) -> None:
-    """Each (image, text) pair's explanation by ``method`` (attnlrp or cp_lrp) against ``reference(text)`` -> (patch
+    """Each (image, text) pair's explanation by ``method`` (attnlrp or cp_lrp) against ``reference(text)`` -> (pixel
     relevance, token relevance) of that pair alone, with relevance in both towers; every hook released after."""
     from conftest import hook_counts
 
@@ -612,7 +625,7 @@ def assert_pairs_match_rules_reference(explainer, image, texts: list[str], metho
     assert hook_counts(explainer.model) == before
     for exp, text in zip(explanations, texts):
         heatmap, text_rel = reference(text)
-        assert_scores(exp.heatmap, heatmap, f"{method} {text!r} patches", rtol=1e-5, atol_rel=1e-5)
+        assert_scores(exp.heatmap, heatmap, f"{method} {text!r} pixels", rtol=1e-5, atol_rel=1e-5)
         assert_scores(exp.scores, text_rel, f"{method} {text!r} tokens", rtol=1e-5, atol_rel=1e-5)
         assert float(np.abs(exp.heatmap).max()) > 0 and float(np.abs(exp.scores).max()) > 0
 
@@ -686,3 +699,33 @@ def completeness_gap(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     _, delta = IntegratedGradients(f).attribute(x[None], baselines=x0[None], n_steps=steps,
                                                 return_convergence_delta=True)
     return total - change, float(delta), change
+
+
+# --- the LRP rules' per-pixel maps of image-text models -------------------------------------------------------------
+def rules_at_pixels_by_autograd(adapter, method: str, conv: nn.Conv2d, pixels: torch.Tensor,
+                                objective: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a rule method's per-pixel map must be, by plain autograd under the rules (``method``: attnlrp or cp_lrp,
+    applied as the engine applies them, to the adapter's declared stacks and cross-attention projections):
+    (pixels x the gradient of ``objective(pixels)`` (B,) at the pixels, summed over the colour channels (B, H, W);
+    the patch convolution's output less its bias x the gradient there, summed over channels (B, gh, gw)), the second
+    being the first's per-patch sums by the conv's epsilon rule with its bias zeroed."""
+    from toolkit.core.lrp_rules import ATTNLRP, CP_LRP
+
+    rules = {"attnlrp": ATTNLRP, "cp_lrp": CP_LRP}[method]
+    x = pixels.detach().clone().requires_grad_()
+    outputs = []
+    handle = conv.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        with rules.applied(adapter.model, *adapter.streams().values(), *adapter.cross_stacks().values()):
+            value = objective(x)
+    finally:
+        handle.remove()
+    grad_pixels, grad_patches = torch.autograd.grad(value.sum(), [x, outputs[0]])
+    bias = 0.0 if conv.bias is None else conv.bias.detach()[:, None, None]
+    return (x * grad_pixels).sum(1).detach(), ((outputs[0] - bias) * grad_patches).sum(1).detach()
+
+
+def patch_sums(heatmap: np.ndarray, stride: tuple[int, int]) -> torch.Tensor:
+    """A per-pixel map (H, W) summed over each patch (``stride`` pixels on a side)."""
+    area = stride[0] * stride[1]
+    return F.avg_pool2d(torch.as_tensor(np.asarray(heatmap, np.float64))[None], tuple(stride))[0] * area

@@ -14,6 +14,7 @@ from transformers import (AutoTokenizer, BertConfig, BlipConfig, BlipForConditio
                           BlipProcessor, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor, GPT2Config,
                           ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
 
+from references import patch_sums, rules_at_pixels_by_autograd
 from test_attnlrp import softmax_deficit, softmax_taps
 from toolkit import Explainer, InputError, ToolkitWarning, UnsupportedModelError
 from toolkit.explanation import Explanation
@@ -309,12 +310,15 @@ def test_rules_conserve_each_steps_logit_across_image_and_text(tokenizer, images
     step, the image encoder's tokens ([CLS] and patches) and the earlier text tokens together hold the explained
     token's logit; under AttnLRP, up to what its softmax rule keeps, measured by tapping the softmax calls (as
     tests/test_attnlrp.py does). An explanation's image scores are the mean over its steps, so each step's comes
-    from three captions that are prefixes of one another (the decoder is causal: step t is the same in each)."""
+    from three captions that are prefixes of one another (the decoder is causal: step t is the same in each). The
+    image scores are read at the pixels (per-patch sums of the per-pixel map): the class token and the position
+    embeddings, which no pixel holds, are zeroed with the biases."""
     model, processor = build(family, tokenizer)
     model = model.double()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
+            if name.endswith("bias") or any(part in name for part in ("position_embedding", "class_embedding",
+                                                                      "cls_token")):
                 parameter.zero_()
     ex = Explainer(model, processor)
     assert {"attnlrp", "cp_lrp"} <= set(ex.applicable_methods())
@@ -387,3 +391,46 @@ def test_path_methods_explain_every_step_and_batch_like_one_image(models, images
         for a, b in zip(exp.steps, alone.steps):
             np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-6)
         assert np.isfinite(exp.heatmap).all() and np.abs(exp.heatmap).max() > 0
+
+
+PATCH_EMBEDDINGS = {"blip": "vision_model.embeddings.patch_embedding",
+                    "git": "git.image_encoder.vision_model.embeddings.patch_embedding",
+                    "ved-gpt2": "encoder.embeddings.patch_embeddings.projection"}
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+@pytest.mark.parametrize("family", list(PATCH_EMBEDDINGS))
+def test_rule_methods_map_the_pixels_of_each_step(tokenizer, images, family, method):
+    """Under AttnLRP and CP-LRP each step's heatmap is per pixel: the pixels x the gradient of the step token's logit
+    under the rules (float64, plain autograd, one step at a time); the explanation's heatmap is the steps' mean and its
+    patch scores that mean's per-patch sums (the class token, which holds no pixel, zero); two images in one batch
+    give what each gives alone."""
+    model, processor = build(family, tokenizer)
+    model = model.double().eval()
+    ex = Explainer(model, processor)
+    caption = [2003, 1037, 3899]
+    exps = ex.explain(image=images, caption=caption, method=method)
+    conv = model.get_submodule(PATCH_EMBEDDINGS[family])
+    pixels = processor.image_processor(images=[images[0]], return_tensors="pt")["pixel_values"].double()
+    ids = torch.tensor([ex.adapter.prompt_ids() + caption])
+    exp, patch_sums_of_steps = exps[0], []
+    for t, step in enumerate(exp.steps):
+        def step_logit(x, t=t):
+            logits = ex.adapter.text_logits(x, ids, torch.ones_like(ids))
+            return logits[:, len(ex.adapter.prompt_ids()) - 1 + t, caption[t]]
+
+        per_pixel, per_patch = rules_at_pixels_by_autograd(ex.adapter, method, conv, pixels, step_logit)
+        assert step.heatmap.shape == (32, 32)
+        torch.testing.assert_close(torch.from_numpy(step.heatmap).double(), per_pixel[0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(patch_sums(step.heatmap, conv.stride), per_patch[0], rtol=1e-4, atol=1e-6)
+        patch_sums_of_steps.append(per_patch[0])
+    np.testing.assert_allclose(exp.heatmap, np.mean([s.heatmap for s in exp.steps], axis=0), rtol=1e-5, atol=1e-8)
+    patches = torch.stack(patch_sums_of_steps).mean(0).flatten()
+    prefix = len(exp.scores) - patches.numel()
+    assert prefix == 1 and exp.scores[0] == 0.0 and len(exp.tokens) == len(exp.scores)
+    torch.testing.assert_close(torch.from_numpy(exp.scores[prefix:]).double(), patches, rtol=1e-4, atol=1e-6)
+    for image, batched in zip(images, exps):
+        alone = ex.explain(image=image, caption=caption, method=method)
+        for a, b in zip(batched.steps, alone.steps):
+            np.testing.assert_allclose(a.heatmap, b.heatmap, rtol=1e-4, atol=1e-8)
+            np.testing.assert_allclose(a.text_scores, b.text_scores, rtol=1e-4, atol=1e-8)

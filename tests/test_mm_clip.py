@@ -1,6 +1,7 @@
 """HF CLIPModel: each method against a plain per-pair reference computed from output_attentions."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from references import patch_sums, rules_at_pixels_by_autograd
 from toolkit import Explainer, InputError, UnsupportedModelError
 
 TEXTS = ["a dog", "a cat sitting on a warm mat", "red"]
@@ -122,3 +124,37 @@ def test_clip_refuses_what_it_cannot_do(clip):
         ex.explain(text="x")
     with pytest.raises(InputError, match="keyword inputs"):
         ex.explain(image)
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+def test_rule_methods_map_the_pixels(clip, method):
+    """AttnLRP and CP-LRP read input x gradient at the pixels, as for image classifiers: each pair's heatmap is the
+    model's input resolution, pixels x the gradient of the held-norm similarity under the rules (float64, plain
+    autograd), its per-patch sums the patch embedding's output x its gradient; batched equals one pair at a time."""
+    model, processor, image = clip
+    model = copy.deepcopy(model).double()
+    ex = Explainer(model, processor)
+    flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    exps = ex.explain(image=[image, flipped], text=TEXTS, method=method)
+    conv = model.vision_model.embeddings.patch_embedding
+    for index, exp in enumerate(exps):
+        picture, text = [image, flipped][index // len(TEXTS)], exp.text
+        pixels = processor.image_processor(images=[picture], return_tensors="pt")["pixel_values"].double()
+        enc = processor.tokenizer([text], return_tensors="pt")
+
+        def similarity(x):
+            out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=x)
+            # the towers' projected, unnormalised embeddings (transformers 5's CLIPModel projects pooler_output)
+            image_embeds, text_embeds = out.vision_model_output.pooler_output, out.text_model_output.pooler_output
+            cosine = (image_embeds / image_embeds.norm(dim=-1, keepdim=True).detach()
+                      * (text_embeds / text_embeds.norm(dim=-1, keepdim=True).detach())).sum(-1)
+            return cosine * model.logit_scale.exp()
+
+        per_pixel, per_patch = rules_at_pixels_by_autograd(ex.adapter, method, conv, pixels, similarity)
+        assert exp.heatmap.shape == (32, 32)
+        torch.testing.assert_close(torch.from_numpy(exp.heatmap).double(), per_pixel[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(patch_sums(exp.heatmap, conv.stride), per_patch[0], rtol=1e-4, atol=1e-5)
+        assert float(np.abs(exp.heatmap).max()) > 0
+        alone = ex.explain(image=picture, text=text, method=method)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-8)

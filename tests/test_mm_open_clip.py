@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from references import (Layer, _lin, assert_pairs_match_rules_reference, assert_path_methods_by_hand, attnlrp_layer,
-                        by_path_methods, completeness_gap, eps_layer_norm, eps_linear, from_first_layer, layer_forward)
+                        by_path_methods, completeness_gap, eps_layer_norm, eps_linear, from_first_layer, layer_forward,
+                        rules_at_pixels)
 from toolkit import Explainer, InputError, ModelLoadError, ToolkitWarning, UnsupportedModelError
 from toolkit.core.lrp_rules import ATTNLRP
 from toolkit.multimodal.open_clip import attention_weights_returned
@@ -336,11 +337,12 @@ def tower_layers(blocks, causal: bool) -> list[Layer]:
 
 
 def rules_reference(model, processor, image, text, value_share):
-    """(patch relevance (4, 4), token relevance up to the end of text) of AttnLRP (value_share 1/2) or CP-LRP (1)
+    """(pixel relevance (H, W), token relevance up to the end of text) of AttnLRP (value_share 1/2) or CP-LRP (1)
     for one pair of a float64 model: from the similarity split over the embedding's dimensions (scale * ê_i[d] *
     ê_t[d], the norms held constant) back through the projection and the final LayerNorm to the read-out row, then
     the layer rules of tests/references.py through every block, on the blocks' own inputs and the hand-computed
-    attention maps; per token of the first block's input."""
+    attention maps; per token of the first block's input, and for the image back through ln_pre, the position
+    embeddings and the patch convolution to the pixels (tests/references.py, rules_at_pixels)."""
     preprocess, tokenizer = processor
     ids = tokenizer([text])
     blocks = {"image": list(model.visual.transformer.resblocks), "text": list(model.transformer.resblocks)}
@@ -375,8 +377,11 @@ def rules_reference(model, processor, image, text, value_share):
             r[row] = eps_layer_norm(norm, hidden[-1][row], r_pooled)
             for i in reversed(range(len(layers))):
                 r = attnlrp_layer(layers[i], saved[i], r, value_share)
-        relevance[name] = r.sum(-1)
-    return relevance["image"][1:].reshape(4, 4), relevance["text"][:eot + 1]
+        relevance[name] = r
+    visual = model.visual
+    pixels = rules_at_pixels(preprocess(image), visual.conv1, visual.class_embedding, visual.positional_embedding,
+                             relevance["image"], visual.ln_pre)
+    return pixels, relevance["text"].sum(-1)[:eot + 1]
 
 
 @pytest.mark.parametrize("method", list(RULE_SHARES))

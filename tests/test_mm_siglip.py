@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, Sigl
 from conftest import hook_counts
 from references import (_heads, _lin, _merge, assert_pairs_match_rules_reference, assert_path_methods_by_hand,
                         attention_rules, attnlrp_layer, by_path_methods, completeness_gap, eps_add, eps_layer_norm,
-                        eps_linear, from_first_layer, layer_forward)
+                        eps_linear, from_first_layer, layer_forward, rules_at_pixels)
 from test_attnlrp import softmax_deficit, softmax_taps
 from test_mm_lrp import stack
 from toolkit import Explainer, UnsupportedModelError
@@ -105,13 +105,14 @@ def test_lrp_is_refused_with_the_declared_reason(siglip):
 
 
 def float64_copy(model, without_biases: bool = False):
-    """``without_biases``: every bias of the towers zero (linear layers, in-projections, LayerNorms); the pair's
-    logit_bias is kept: it is the part of the logit no input holds."""
+    """``without_biases``: every bias of the towers zero (linear layers, in-projections, LayerNorms, the patch
+    convolution), and the image's position embeddings, which no pixel holds either; the pair's logit_bias is kept:
+    it is the part of the logit no input holds."""
     model = copy.deepcopy(model).double()
     if without_biases:
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if name.endswith("bias") and name != "logit_bias":
+                if (name.endswith("bias") and name != "logit_bias") or "vision_model.embeddings.position" in name:
                     parameter.zero_()
     return model
 
@@ -145,11 +146,12 @@ def pooling_head_rules(head, x: torch.Tensor, r_out: torch.Tensor, value_share: 
 
 
 def rules_reference(model, processor, image, text, value_share):
-    """(patch relevance (4, 4), token relevance) of AttnLRP (value_share 1/2) or CP-LRP (1) for one pair of a float64
+    """(pixel relevance (H, W), token relevance) of AttnLRP (value_share 1/2) or CP-LRP (1) for one pair of a float64
     model: the logit's scale * cosine split over the embeddings' dimensions (scale * ê_i[d] * ê_t[d], the norms held
     constant), back through the pooling head and the post-LayerNorm (image), or the head Linear and the final LayerNorm
     at the last position (text), then tests/references.py's layer rules through every layer, on the layers' own
-    inputs and attention maps; per token of the first layer's input."""
+    inputs and attention maps; per token of the first layer's input, and for the image back through the position
+    embeddings and the patch convolution to the pixels (tests/references.py, rules_at_pixels)."""
     pixels, ids = encoded(processor, image, text, torch.float64)
     model.set_attn_implementation("eager")
     try:
@@ -177,8 +179,12 @@ def rules_reference(model, processor, image, text, value_share):
             torch.testing.assert_close(pooled, outputs.pooler_output[0], rtol=1e-10, atol=1e-10)  # the head by hand
             for i in reversed(range(len(layers))):
                 r = attnlrp_layer(layers[i], saved[i], r, value_share)
-            relevance[name] = r.sum(-1)
-    return relevance["image"].reshape(4, 4), relevance["text"]
+            relevance[name] = r
+    embeddings = model.vision_model.embeddings
+    patches = embeddings.patch_embedding
+    pixels = rules_at_pixels(pixels[0], patches, patches.weight.new_zeros(0, patches.out_channels),
+                             embeddings.position_embedding.weight, relevance["image"])
+    return pixels, relevance["text"].sum(-1)
 
 
 @pytest.mark.parametrize("method", list(RULE_SHARES))
@@ -191,15 +197,16 @@ def test_rules_match_the_explicit_reference_in_both_towers(siglip, method):
 
 @pytest.mark.parametrize("method", list(RULE_SHARES))
 def test_relevance_in_each_tower_sums_to_the_logit_less_its_bias(siglip, method):
-    """With the towers' biases zero, CP-LRP passes the pair's logit less logit_bias (scale * cosine, the norms held
-    constant) whole to each tower's first-layer input: the patches, and every text position (padding too). AttnLRP's
+    """With the towers' biases and the image's position embeddings zero, CP-LRP passes the pair's logit less
+    logit_bias (scale * cosine, the norms held constant) whole to each tower's input: the pixels, and every text
+    position (padding too). AttnLRP's
     softmax rule keeps 1/2 (sum s dL/ds - sum x dL/dx) at each softmax (tests/test_attnlrp.py), which at the pooling
     head also holds the probe's share of Q K^T: relevance + those terms = the logit less its bias."""
     model, processor, image = siglip
     model = float64_copy(model, without_biases=True)
     with softmax_taps() as taps:
         exps = Explainer(model, processor).explain(image=image, text=TEXTS, method=method)
-    patches = exps[0].heatmap.size
+    patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     sides = {"image": [tap for tap in taps if tap["s"].shape[-1] == patches],
              "text": [tap for tap in taps if tap["s"].shape[-1] == exps[0].scores.size]}
     assert (len(sides["image"]), len(sides["text"]), len(taps)) == (3, 2, 5)  # each layer's, and the pooling head's

@@ -2,6 +2,8 @@
 output_attentions, one (image, question) pair at a time, unpadded."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 from transformers import AutoTokenizer, ViltConfig, ViltForMaskedLM, ViltForQuestionAnswering, ViltImageProcessor, \
     ViltProcessor
 
+from references import patch_sums, rules_at_pixels_by_autograd
 from toolkit import Explainer, InputError, UnsupportedModelError
 from toolkit.explanation import Explanation
 
@@ -161,3 +164,41 @@ def test_from_pretrained_and_save_load(vilt, tmp_path):
     processor.save_pretrained(tmp_path / "mlm")
     with pytest.raises(UnsupportedModelError, match="ViltForQuestionAnswering"):
         Explainer.from_pretrained(str(tmp_path / "mlm"))
+
+
+@pytest.mark.parametrize("method", ["attnlrp", "cp_lrp"])
+def test_rule_methods_map_the_pixels_and_read_the_question_at_its_tokens(vilt, method):
+    """AttnLRP and CP-LRP read input x gradient at the pixels for the image (the map at the resized image's
+    resolution, the batch padding cut off) and at the joint stream's first layer for the question's tokens: against
+    plain autograd of the answer's logit under the rules (float64), one pair at a time; padded batches give the same."""
+    model, processor, images = vilt
+    model = copy.deepcopy(model).double()
+    ex = Explainer(model, processor)
+    exps = ex.explain(image=images, question=QUESTIONS[:2], method=method)
+    conv = model.vilt.embeddings.patch_embeddings.projection
+    assert [e.heatmap.shape for e in exps] == [(32, 48), (32, 32)]
+    for exp, image, question in zip(exps, images, QUESTIONS[:2]):
+        visual = processor.image_processor(images=[image], return_tensors="pt")
+        enc = processor.tokenizer([question], return_tensors="pt")
+        first_layer = []
+        hook = model.vilt.encoder.layer[0].register_forward_pre_hook(lambda module, args: first_layer.append(args[0]))
+
+        def answer_logit(x):
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], pixel_values=x,
+                           pixel_mask=visual["pixel_mask"]).logits
+            first_layer[-1].retain_grad()
+            return logits[:, exp.target]
+
+        try:
+            per_pixel, per_patch = rules_at_pixels_by_autograd(ex.adapter, method, conv,
+                                                               visual["pixel_values"].double(), answer_logit)
+        finally:
+            hook.remove()
+        torch.testing.assert_close(torch.from_numpy(exp.heatmap).double(), per_pixel[0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(patch_sums(exp.heatmap, conv.stride), per_patch[0], rtol=1e-4, atol=1e-6)
+        hidden = first_layer[-1]
+        tokens = (hidden * hidden.grad).sum(-1)[0, :enc["input_ids"].shape[1]]
+        torch.testing.assert_close(torch.from_numpy(exp.scores).double(), tokens, rtol=1e-5, atol=1e-7)
+        alone = ex.explain(image=image, question=question, method=method)
+        np.testing.assert_allclose(exp.heatmap, alone.heatmap, rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(exp.scores, alone.scores, rtol=1e-4, atol=1e-8)

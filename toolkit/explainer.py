@@ -19,7 +19,7 @@ from .core import engine
 from .core.propagation import one_hot
 from .errors import InputError, UnsupportedModelError, warn
 from .explanation import Explanation
-from .images import image_items
+from .images import image_items, pixel_token_scores
 from .labels import ranked_labels
 from .methods import Method, get_method, list_methods
 from .text import word_scores
@@ -320,11 +320,8 @@ class Explainer:
                                special_tokens=np.array(sample["special"], dtype=bool),
                                text=_joined(sample.get("text")), **common)
         grid, prefix = sample["grid"], self.adapter.num_prefix_tokens
-        if relevance.ndim == 2:  # per-pixel (full LRP): per-patch sums serve as token scores
-            heatmap = relevance
-            height, width = heatmap.shape
-            per_patch = heatmap.reshape(grid[0], height // grid[0], grid[1], width // grid[1]).sum(axis=(1, 3))
-            scores = np.concatenate([np.zeros(prefix, dtype=np.float32), per_patch.ravel()])
+        if relevance.ndim == 2:  # per-pixel (full LRP, the LRP rules' methods): per-patch sums serve as token scores
+            heatmap, scores = relevance, pixel_token_scores(relevance, grid, prefix)
         else:
             scores, heatmap = relevance, relevance[prefix:].reshape(grid)
         tokens = [f"[prefix{j}]" if j else "[CLS]" for j in range(prefix)]

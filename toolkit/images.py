@@ -287,3 +287,21 @@ def _composed_view_box(transforms: list, image: Image.Image) -> np.ndarray | Non
             return None
         size = new_size
     return box
+
+
+def patch_relevance(heatmap: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """A heatmap on the patch grid: a per-pixel map (full LRP, the LRP rules' input x gradient) summed over each patch, so that every method is
+    scored by removing the same units."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    if heatmap.shape == tuple(grid):
+        return heatmap
+    rows, cols = grid
+    if heatmap.shape[0] % rows or heatmap.shape[1] % cols:
+        raise InputError(f"a heatmap of shape {heatmap.shape} does not pool onto the patch grid {grid}")
+    return heatmap.reshape(rows, heatmap.shape[0] // rows, cols, heatmap.shape[1] // cols).sum(axis=(1, 3))
+
+
+def pixel_token_scores(heatmap: np.ndarray, grid: tuple[int, int], prefix: int) -> np.ndarray:
+    """Per-token scores of a per-pixel map: zero for the ``prefix`` tokens (class, registers), which hold no
+    pixels, then each patch's sum in row-major order."""
+    return np.concatenate([np.zeros(prefix), patch_relevance(heatmap, grid).ravel()])

@@ -229,7 +229,9 @@ class Reading:
     the query stream). ``links``: site index -> (target, source, positions (B, K)) copies of ``source``'s outputs
     into ``target`` before that site (GIT); ``positions``: where ``key``'s tokens sit in ``query``'s sequence;
     ``key_tokens`` (B, N_key): the real tokens of another stream ``key`` read at its input, where it is padded
-    (LXMERT's regions; None: all are real)."""
+    (LXMERT's regions; None: all are real). ``first_layer``: input x gradient is read at the key stream's first
+    layer even where its pixels start the rules' graph too (ViLT's question tokens share a stream with its patches).
+    """
 
     query: str
     key: str
@@ -241,6 +243,7 @@ class Reading:
     positions: torch.Tensor | None = None
     stream_content: torch.Tensor | None = None
     key_tokens: torch.Tensor | None = None
+    first_layer: bool = False
 
 
 def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
@@ -263,6 +266,8 @@ def attribute(method, result: Pass, reading: Reading) -> torch.Tensor:
         content = reading.stream_content if how == "linked" else reading.content
     grads = None if result.grads is None else [result.grads[i].float() for i in indices]
     starts = result.starts.get(reading.key, [])  # input x gradient and paths are read at the key stream's input
+    if reading.first_layer:
+        starts = starts[-1:]
     trace = Trace(probs=[result.probs[i].float() for i in indices], grads=grads, readout=reading.readout,
                   token_mask=tokens, content_mask=content,
                   attention_relevance=result.attention_relevance.get(reading.query),

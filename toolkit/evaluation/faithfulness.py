@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ..core.explicit_attention import _hf_configs
 from ..errors import InputError, UnsupportedModelError
 from ..explanation import Explanation
+from ..images import patch_relevance
 from .metrics import (DEFAULT_STEPS, PerturbationCurve, mean_confidence_interval, pointing_game, ranked_units,
                       relevance_mass_accuracy, relevance_rank_accuracy, removal_masks, token_pointing_game,
                       token_relevance_mass_accuracy, token_relevance_rank_accuracy)
@@ -260,18 +261,6 @@ def blank_patches(grid: tuple[int, int]) -> Callable[[Row, np.ndarray], Row]:
         pixel_mask = cells.repeat_interleave(height // grid[0], 0).repeat_interleave(width // grid[1], 1)
         return Row(dict(row.tensors, pixel_values=pixels.masked_fill(pixel_mask, 0.0)), row.target)
     return perturb
-
-
-def patch_relevance(heatmap: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """A heatmap on the patch grid: a per-pixel map (full LRP) summed over each patch, so that every method is
-    scored by removing the same units."""
-    heatmap = np.asarray(heatmap, dtype=np.float64)
-    if heatmap.shape == tuple(grid):
-        return heatmap
-    rows, cols = grid
-    if heatmap.shape[0] % rows or heatmap.shape[1] % cols:
-        raise InputError(f"a heatmap of shape {heatmap.shape} does not pool onto the patch grid {grid}")
-    return heatmap.reshape(rows, heatmap.shape[0] // rows, cols, heatmap.shape[1] // cols).sum(axis=(1, 3))
 
 
 # --- items and families ------------------------------------------------------------------------------------------

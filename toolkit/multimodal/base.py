@@ -85,6 +85,7 @@ class MultimodalAdapter(ABC):
         self._sites = self._specs = None
         if self.layouts:
             self.sites()  # a wrong entry is named before any input is read
+            self.pixel_inputs()
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -253,7 +254,20 @@ class MultimodalAdapter(ABC):
         return engine.run_pass(self.model, self.sites(), forward, method, streams=streams,
                                tokens={name: count for name, count in (tokens or {}).items() if name in streams},
                                lrp=lrp if method.needs_lrp else None, rerun=rerun,
-                               cross=list(self.cross_stacks().values()))
+                               cross=list(self.cross_stacks().values()), inputs=self.pixel_inputs())
+
+    def pixel_inputs(self) -> dict[str, list[nn.Module]]:
+        """Per image stream, its patch embedding (``patch_embedding`` in the stream's declaration): the LRP rules'
+        graph starts at the pixels it reads, so that their input x gradient there is a per-pixel map."""
+        return {name: [layout.patch_embedding()] for name, layout in self.layouts.items()
+                if "patch_embedding" in layout.family.entry}
+
+    def patch_stride(self) -> tuple[int, int]:
+        """(rows, columns) of pixels per patch, from the first image stream's patch embedding."""
+        convs = [modules[0] for modules in self.pixel_inputs().values()]
+        if not convs:
+            raise UnsupportedModelError(f"{self.family} models declare no patch embedding for their images.")
+        return tuple(convs[0].stride)
 
     def relevance(self, method: Method, result: engine.Pass, query: str, key: str, rows: torch.Tensor,
                   tokens: torch.Tensor, content: torch.Tensor, **reading: Any) -> torch.Tensor:
@@ -285,3 +299,9 @@ def reject_unknown(family: str, accepted: str, unknown: dict) -> None:
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
+
+
+def image_heatmap(relevance: np.ndarray, prefix: int, grid: tuple[int, int]) -> np.ndarray:
+    """One item's image relevance as shown: a per-pixel map (the LRP rules' input x gradient at the pixels, (H, W))
+    as it is, else its patch tokens' (after ``prefix`` tokens such as [CLS]) on the patch grid."""
+    return relevance if relevance.ndim == 2 else relevance[prefix:].reshape(grid)

@@ -14,7 +14,7 @@ from ..explanation import Explanation
 from ..images import original_geometry
 from ..methods import Method
 from ..text import read_texts
-from .base import MultimodalAdapter, reject_unknown, string_list, to_numpy
+from .base import MultimodalAdapter, image_heatmap, reject_unknown, string_list, to_numpy
 from ..core import engine
 from .captioning import CaptioningAdapter, patch_content, patch_layout, processor_parts
 from .clip import pair_grid, shown_images
@@ -79,8 +79,9 @@ class BlipVQAAdapter(MultimodalAdapter):
     RelevanceState.cross_attention). Baselines: the question encoder's last cross-attention to the image,
     read at the question's first token (the state BLIP's encoder summarises into), and the answer decoder's
     last cross-attention to the question, at the answer rows. The methods read at a stream's input (AttnLRP,
-    CP-LRP, gradient x input, integrated gradients) give the patches' relevance at the image encoder's first layer and
-    the question's at the question encoder's, for the whole log p(answer) (the sum of its tokens' logits under the
+    CP-LRP, gradient x input, integrated gradients) give the patches' relevance at the image encoder's first layer
+    (the LRP rules' methods: per pixel, at the patch embedding's input) and the question's at the question
+    encoder's, for the whole log p(answer) (the sum of its tokens' logits under the
     rules); the path methods run the model again from those inputs, teacher-forced on the answer.
 
     Questions and answers longer than the text positions are cut, with a warning naming the words left out
@@ -186,7 +187,7 @@ class BlipVQAAdapter(MultimodalAdapter):
             question_rel = sum(answer_rows[:, t, None] * self.relevance(method, captured, "answer", "question",
                                                                         first + t, answer_tokens, question, sizes=sizes)
                                for t in range(length))
-        heatmaps = to_numpy(image_rel[:, prefix:]).reshape(batch, *grid)
+        heatmaps = [image_heatmap(row, prefix, grid) for row in to_numpy(image_rel)]
         return list(zip(answers, heatmaps, to_numpy(question_rel), to_numpy(chosen["log_p"])))
 
     def explain(self, method: Method, target: Any, image: Any = None, question: Any = None, answer: Any = None,

@@ -18,12 +18,12 @@ import torch
 
 from ..errors import InputError, warn
 from ..explanation import CaptionStep, Explanation
-from ..images import original_geometry
+from ..images import original_geometry, pixel_token_scores
 from ..methods import Method
 from ..text import read_texts, warn_cut
 from ..core.engine import Pass
 from ..generation import StepBatch, rows_of, step_scores
-from .base import MultimodalAdapter, reject_unknown, to_numpy
+from .base import MultimodalAdapter, image_heatmap, reject_unknown, to_numpy
 from .clip import shown_images
 
 
@@ -71,7 +71,8 @@ class CaptioningAdapter(MultimodalAdapter):
     ``explain(image=..., caption=None, max_new_tokens=20)`` gives one Explanation per image: ``caption``,
     ``steps`` (one CaptionStep per caption token: its image heatmap, the relevance ``text_scores`` of the
     tokens before it, prompt/BOS included), ``heatmap`` = the mean of the steps' heatmaps, and ``scores``
-    = the mean over steps of the relevance of every image-encoder token ([CLS] first, then patches).
+    = the mean over steps of the relevance of every image-encoder token ([CLS] first, then patches). Under the LRP
+    rules' methods the heatmaps are per pixel (input x gradient at the pixels) and ``scores`` their per-patch sums.
     ``probability`` = exp of the summed step log-probabilities (the caption's probability, end token not
     included). The end-of-caption token is not a step: a caption is explained token by token (a caption
     the model ends at once has no steps, and no heatmap).
@@ -248,13 +249,14 @@ class CaptioningAdapter(MultimodalAdapter):
             names = self.tokenizer.convert_ids_to_tokens(sequence)
             step_list = [CaptionStep(token=names[rows[s] + 1], token_id=sequence[rows[s] + 1],
                                      log_prob=float(log_probs[s]),
-                                     heatmap=image_rel[s, prefix:].reshape(grid).astype(np.float32),
+                                     heatmap=image_heatmap(image_rel[s], prefix, grid).astype(np.float32),
                                      text_scores=text_rel[s, :rows[s] + 1].astype(np.float32),
                                      text_tokens=names[:rows[s] + 1]) for s in members]
-            scores = image_rel[members].mean(0).astype(np.float32)
+            mean = image_rel[members].mean(0)  # per image token, or per pixel (the LRP rules' methods)
+            scores = (pixel_token_scores(mean, grid, prefix) if mean.ndim == 2 else mean).astype(np.float32)
             explanations.append(Explanation(
                 probability=float(np.exp(sum(step.log_prob for step in step_list))), scores=scores,
-                tokens=image_token_names(prefix, grid), heatmap=scores[prefix:].reshape(grid),
+                tokens=image_token_names(prefix, grid), heatmap=image_heatmap(mean, prefix, grid).astype(np.float32),
                 outputs={"caption": text, "steps": step_list},
                 **common))
         return explanations[0] if single else explanations

@@ -16,7 +16,7 @@ from ..text import encoded_words, read_texts, special_token_mask, unknown_token_
 from ..core import engine
 from ..core.engine import Pass
 from ..core.propagation import one_hot
-from .base import MultimodalAdapter, count_items, reject_unknown, string_list, to_numpy
+from .base import MultimodalAdapter, count_items, image_heatmap, reject_unknown, string_list, to_numpy
 
 
 def pair_grid(images: list, texts: list[str]) -> list[tuple[int, int]]:
@@ -48,6 +48,7 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
     """One Explanation per pair; the probability is the softmax over the texts given for that image, or
     ``probability(logits)`` of each pair on its own (SigLIP's sigmoid).
 
+    ``image_rel``: (B, N) per image token, or (B, H, W) per pixel (the LRP rules' input x gradient at the pixels).
     ``text_special`` marks the start and end-of-text tokens (the latter is where the text is read out), which
     displays leave out; ``text_words`` (from a fast tokenizer) groups the tokens into the caption's words."""
     logits_np, sims = to_numpy(logits), to_numpy(similarity)
@@ -67,7 +68,7 @@ def similarity_explanations(adapter: MultimodalAdapter, method: Method, images: 
             method=method.name, model=adapter.name, target=t, label=texts[t], probability=chance,
             scores=scores, tokens=text_tokens[b], special_tokens=to_numpy(text_special[b])[valid].astype(bool),
             words=words.get("words"), word_scores=word_scores(scores, words["word_pieces"]) if words else None,
-            unknown_words=words.get("unknown_words"), heatmap=to_numpy(image_rel[b, prefix:]).reshape(grid),
+            unknown_words=words.get("unknown_words"), heatmap=image_heatmap(to_numpy(image_rel[b]), prefix, grid),
             image=shown[i], text=texts[t],
             outputs={"similarity": float(sims[b])}, options=options, **geometry[i]))
     return explanations
@@ -84,7 +85,8 @@ def text_side_method(method: Method, start_layer_text: int) -> tuple[Method, dic
 
 
 def class_token_relevance(adapter: MultimodalAdapter, method: Method, result: Pass, batch: int) -> torch.Tensor:
-    """Image-side relevance (B, N) read at the class token (index 0), the patches being the content."""
+    """Image-side relevance (B, N) read at the class token (index 0), the patches being the content; (B, H, W) per
+    pixel for the LRP rules' methods, whose graph starts at the pixels."""
     index = next(i for i, site in enumerate(result.sites) if site.query == "image")
     image_mask = torch.ones(batch, result.probs[index].shape[-1], dtype=torch.bool, device=adapter.device)
     patches = image_mask.clone()
@@ -213,7 +215,7 @@ class HFCLIPAdapter(MultimodalAdapter):
         words = [encoded_words(enc, b, len(tokens[b]), special[b, :len(tokens[b])].tolist(), (texts[t], None),
                                unknown_token_mask(processor.tokenizer, enc["input_ids"][b, :len(tokens[b])].tolist()))
                  for b, (_, t) in enumerate(pairs)]
-        side = int(round((image_rel.shape[-1] - 1) ** 0.5))
+        side = int(round((captured.probs[0].shape[-1] - 1) ** 0.5))  # the image tower's tokens: [CLS], patches
         shown = shown_images(pixels, pairs, processor.image_processor.image_mean, processor.image_processor.image_std)
         logit = (captured.outputs.image_embeds * captured.outputs.text_embeds).sum(-1)
         explanations = similarity_explanations(self, method, images, read, pairs, image_rel, text_rel, tokens,

@@ -157,6 +157,9 @@ class OpenCLIPAdapter(MultimodalAdapter):
             self._specs = {name: tower_spec(transformer) for name, transformer in towers.items()}
         return self._specs
 
+    def pixel_inputs(self) -> dict[str, list[nn.Module]]:
+        return {"image": [self.model.visual.conv1]}
+
     def sites(self) -> list[Site]:
         streams = self.streams()
         return sites_of(streams["image"], "image") + sites_of(streams["text"], "text")

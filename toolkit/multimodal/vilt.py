@@ -128,14 +128,16 @@ class ViltVQAAdapter(MultimodalAdapter):
                         return_tensors="pt", return_offsets_mapping=fast)
         offsets = enc.get("offset_mapping")
         enc = enc.to(self.device)
-        # ViLT's embedding picks the patch tokens in a random order (torch.multinomial) and does not return
-        # where each came from: its own visual_embed, called here, gives the tokens and their grid positions.
-        with torch.no_grad():
-            image_embeds, image_mask, (patch_index, _) = self.model.vilt.embeddings.visual_embed(
-                pixels[[i for i, _ in pairs]], pixel_mask[[i for i, _ in pairs]],
-                max_image_length=self.model.config.max_image_length)
+        pair_pixels, pair_mask = pixels[[i for i, _ in pairs]], pixel_mask[[i for i, _ in pairs]]
+        embedded = {}
 
         def run():
+            """ViLT's embedding picks the patch tokens in a random order (torch.multinomial) and does not return
+            where each came from: its own visual_embed, called here, gives the tokens and their grid positions (and,
+            under the LRP rules, the graph from the pixels)."""
+            image_embeds, image_mask, (patch_index, _) = self.model.vilt.embeddings.visual_embed(
+                pair_pixels, pair_mask, max_image_length=self.model.config.max_image_length)
+            embedded.update(embeds=image_embeds.detach(), mask=image_mask, patch_index=patch_index)
             out = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                              image_embeds=image_embeds, pixel_mask=image_mask, output_attentions=True)
             return out, out.logits.gather(1, chosen_answers(targets, out.logits)[:, None])[:, 0]
@@ -145,29 +147,36 @@ class ViltVQAAdapter(MultimodalAdapter):
             logits, spec = result.outputs.logits, self.streams()["joint"]
             spec.check_head(result.recorder, logits)
             rows = one_hot(torch.zeros(len(pairs), dtype=torch.long, device=self.device),
-                                enc["input_ids"].shape[1] + image_embeds.shape[1])
+                                enc["input_ids"].shape[1] + embedded["embeds"].shape[1])
             return {"joint": engine.LRPStart(one_hot(chosen_answers(targets, logits), logits.shape[-1]), rows,
                                              method.lowest_lrp_layer(len(spec.layers)))}
 
         def rerun(times: int) -> torch.Tensor:
             return self.model(input_ids=enc["input_ids"].repeat(times, 1),
                               attention_mask=enc["attention_mask"].repeat(times, 1),
-                              image_embeds=image_embeds.repeat(times, 1, 1), pixel_mask=image_mask.repeat(times, 1)).logits
+                              image_embeds=embedded["embeds"].repeat(times, 1, 1),
+                              pixel_mask=embedded["mask"].repeat(times, 1)).logits
 
         captured = self.run(method, run, lrp=lrp_start, rerun=rerun)
         captured.targets = chosen_answers(targets, captured.outputs.logits)
         answers = chosen_answers(targets, captured.outputs.logits).tolist()
-        text_mask, image_mask = enc["attention_mask"].bool(), image_mask.bool()
+        text_mask, image_mask = enc["attention_mask"].bool(), embedded["mask"].bool()
         patches = image_mask.clone()
         patches[:, 0] = False  # the image [CLS]
         special = special_tokens(tokenizer, enc["input_ids"])  # the read-out [CLS] among them
-        relevance = self.relevance(
-            method, captured, "joint", "joint", torch.zeros(len(pairs), dtype=torch.long, device=self.device),
-            torch.cat([text_mask, image_mask], 1), torch.cat([text_mask & ~special, patches], 1))
+        reading = (method, captured, "joint", "joint", torch.zeros(len(pairs), dtype=torch.long, device=self.device),
+                   torch.cat([text_mask, image_mask], 1), torch.cat([text_mask & ~special, patches], 1))
+        relevance = self.relevance(*reading, first_layer=True)  # the question's tokens
         enc["offset_mapping"] = offsets
         length = text_mask.shape[1]
-        heatmaps = [self._grid(relevance[b, length + 1:], patches[b, 1:], patch_index[b]) for b in range(len(pairs))]
-        shown = self._shown(pixels, pixel_mask, image_processor)
+        at_pixels = self.relevance(*reading) if method.rules is not None else None
+        sizes = self._sizes(pixel_mask)
+        if at_pixels is not None and at_pixels.dim() == 3:  # the LRP rules' per-pixel map, the padding cut off
+            heatmaps = [to_numpy(at_pixels[b, :sizes[i][0], :sizes[i][1]]) for b, (i, _) in enumerate(pairs)]
+        else:
+            heatmaps = [self._grid(relevance[b, length + 1:], patches[b, 1:], embedded["patch_index"][b])
+                        for b in range(len(pairs))]
+        shown = self._shown(pixels, sizes, image_processor)
         geometry = [original_geometry(image, image_processor) for image in images]
         probabilities, labels = to_numpy(torch.sigmoid(captured.objective)), self.labels
         explanations = []
@@ -211,9 +220,13 @@ class ViltVQAAdapter(MultimodalAdapter):
         return to_numpy(grid)
 
     @staticmethod
-    def _shown(pixels: torch.Tensor, pixel_mask: torch.Tensor, image_processor: Any) -> list[np.ndarray]:
+    def _sizes(pixel_mask: torch.Tensor) -> list[tuple[int, int]]:
+        """(height, width) of each image as the model saw it, without the batch's padding."""
+        return list(zip(pixel_mask.any(2).sum(1).tolist(), pixel_mask.any(1).sum(1).tolist()))
+
+    @staticmethod
+    def _shown(pixels: torch.Tensor, sizes: list[tuple[int, int]], image_processor: Any) -> list[np.ndarray]:
         """Each image as the model saw it: resized, normalisation undone, batch padding cropped off."""
         shown = shown_images(pixels, [(i, 0) for i in range(pixels.shape[0])], image_processor.image_mean,
                              image_processor.image_std)
-        heights, widths = pixel_mask.any(2).sum(1).tolist(), pixel_mask.any(1).sum(1).tolist()
-        return [shown[i][:heights[i], :widths[i]] for i in range(pixels.shape[0])]
+        return [shown[i][:height, :width] for i, (height, width) in enumerate(sizes)]
