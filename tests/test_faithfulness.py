@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import TEXTS, make_bert, make_timm_vit
-from toolkit import Explainer
+from toolkit import Explainer, zoo
 from toolkit.errors import InputError
 from toolkit.evaluation import metrics
-from toolkit.evaluation.faithfulness import (Evaluation, Probe, Row, Scorer, compare, drop_tokens, evaluate,
-                                             faithfulness_of, fused_attention, patch_relevance, probe_results)
+from toolkit.evaluation.faithfulness import (Evaluation, Item, Probe, Row, Scorer, compare, drop_tokens, evaluate,
+                                             faithfulness_of, family_of, fused_attention, patch_relevance,
+                                             probe_results)
 
 WEIGHTS = np.array([0.0, 5.0, 1.0, 3.0, 0.5, 4.0, 2.0, 0.25, 1.5, 0.0])  # token 0 and 9 stand for [CLS], [SEP]
 
@@ -189,6 +190,27 @@ def test_image_classifier_removes_patches_and_scores_the_ground_truth():
     readout = faithfulness_of(explanation, explainer, pixels[0])[0]
     assert math.isclose(readout.values["morf_auc"], row["morf_auc"], abs_tol=1e-6)
     assert readout.curves["negative"].fractions[0] == 0
+
+
+def test_per_pixel_maps_of_image_text_models_are_scored_on_the_patch_grid():
+    """The rule methods' image-text heatmaps are per pixel: deletion scores them on the patch grid, as every other
+    method, by their per-patch sums, removing whole patches."""
+    explainer = Explainer(*zoo.load("clip"), name="clip")
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    item = Item(keywords={"image": image, "text": "a red circle"})
+    family = family_of(explainer)
+    per_pixel, per_patch = (family.explain([item], method, 1)[0] for method in ("attnlrp", "generic"))
+    assert per_pixel.heatmap.shape == per_pixel.image.shape[:2] != per_patch.heatmap.shape
+    probe = family.probes(0, item, per_pixel)[0]
+    rows, cols = per_patch.heatmap.shape
+    side = per_pixel.heatmap.shape[0] // rows
+    sums = per_pixel.heatmap.astype(np.float64).reshape(rows, side, cols, side).sum(axis=(1, 3))
+    np.testing.assert_allclose(probe.relevance, sums, rtol=1e-6, atol=1e-9)
+    removed = np.zeros((rows, cols), dtype=bool)
+    removed[0, 1] = True
+    blanked = probe.perturb(probe.row, removed).tensors["pixel_values"]
+    changed = (blanked != probe.row.tensors["pixel_values"]).any(0)
+    assert changed.sum() == side * side and changed[:side, side:2 * side].all()
 
 
 def test_compare_is_the_paired_mean_difference():

@@ -325,6 +325,14 @@ class Family:
     def probes(self, index: int, item: Item, explanation: Explanation) -> list[Probe]:
         raise NotImplementedError
 
+    def patch_grid(self, heatmap: np.ndarray, explanation: Explanation) -> tuple[int, int]:
+        """The patch grid an image-text heatmap is scored on: its own shape, or, for a per-pixel map (the LRP rules'
+        methods: the size of the image the model saw), that size over the patch size."""
+        if tuple(heatmap.shape) != tuple(explanation.image.shape[:2]):
+            return tuple(heatmap.shape)
+        rows, cols = self.adapter.patch_stride()
+        return heatmap.shape[0] // rows, heatmap.shape[1] // cols
+
     def token_perturbation(self) -> Callable[[Row, np.ndarray], Row]:
         if self.removal == "drop":
             return drop_tokens(None)
@@ -370,7 +378,7 @@ class SimilarityFamily(Family):
         pixels = image_processor(images=self.adapter.images(item.keywords["image"]), return_tensors="pt")["pixel_values"]
         limit = self.adapter.model.config.text_config.max_position_embeddings
         ids = tokenizer([item.keywords["text"]], truncation=True, max_length=limit, return_tensors="pt")["input_ids"]
-        grid = explanation.heatmap.shape
+        grid = self.patch_grid(explanation.heatmap, explanation)
         return [Probe(index, None, patch_relevance(explanation.heatmap, grid), None,
                       Row({"pixel_values": pixels[0], "input_ids": ids[0]}, 0), blank_patches(grid), item.truth)]
 
@@ -385,7 +393,7 @@ class AnswerFamily(Family):
                         max_length=self.adapter.model.config.max_position_embeddings, return_tensors="pt")
         tensors = {key: value[0] for key, value in enc.items() if key != "attention_mask"}
         tensors.update(pixel_values=visual["pixel_values"][0], pixel_mask=visual["pixel_mask"][0])
-        grid = explanation.heatmap.shape
+        grid = self.patch_grid(explanation.heatmap, explanation)
         return [Probe(index, None, patch_relevance(explanation.heatmap, grid), None, Row(tensors, explanation.target),
                       blank_patches(grid), item.truth)]
 
@@ -400,9 +408,10 @@ class CaptionFamily(Family):
         prompt, probes = self.adapter.prompt_ids(), []
         for position, step in enumerate(explanation.steps):
             earlier = prompt + [s.token_id for s in explanation.steps[:position]]
-            probes.append(Probe(index, position, patch_relevance(step.heatmap, step.heatmap.shape), None,
+            grid = self.patch_grid(step.heatmap, explanation)
+            probes.append(Probe(index, position, patch_relevance(step.heatmap, grid), None,
                                 Row({"pixel_values": pixels, "input_ids": torch.tensor(earlier)}, step.token_id),
-                                blank_patches(step.heatmap.shape), item.step_truth(position)))
+                                blank_patches(grid), item.step_truth(position)))
         return probes
 
 
