@@ -49,7 +49,7 @@ class CaptionStep:
     token: str
     token_id: int
     log_prob: float
-    heatmap: np.ndarray  # image relevance on the patch grid
+    heatmap: np.ndarray  # image relevance on the patch grid (per pixel under the LRP rules' methods)
     text_scores: np.ndarray  # relevance of the tokens before this one (the prompt/BOS included)
     text_tokens: list[str]
 
@@ -68,7 +68,8 @@ class Explanation:
 
     ``scores`` holds one raw (not normalised) value per token (for images, per token of the
     sequence: prefix tokens, then patches in row-major order). ``heatmap`` is the image relevance
-    on the patch grid (or per pixel for ``lrp``) over ``image``, the model's view (resized and cropped).
+    on the patch grid (or per pixel for ``lrp`` and the LRP rules' methods such as ``attnlrp``) over ``image``,
+    the model's view (resized and cropped).
     ``original_image`` is the image as given, and ``crop_box`` (x0, y0, x1, y1, in its pixels) where the
     model's view lies in it (reaching outside where the processor pads); both are None when the input was
     preprocessed pixels or the processor's geometry is unknown. ``words`` and ``word_scores`` sum sub-word pieces;

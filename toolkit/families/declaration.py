@@ -61,7 +61,7 @@ KEYS = {
     "readout": "token index, mean, mean-content, next-token (language models: the position before each explained "
                "token), or {from: path, values: {value: read-out}}",
     "prefix_tokens": "images: parameters (1, k, dim) placed before the patches (class, distillation, registers)",
-    "patch_embedding": "images: the Conv2d that turns pixels into patch tokens",
+    "patch_embedding": "images (and image streams): the Conv2d that turns pixels into patch tokens",
     "lrp_start": "a named quirk giving LRP's start at the last layer's output tokens, for a head without Linear layers "
                  "(label-similarity: toolkit.zero_shot's cosine with label descriptions over mean-pooled tokens)",
     "lrp_blockers": "[{reason: why LRP cannot pass, if_present: [paths], rules: [cvpr2021, attnlrp]}]: refuse the "
