@@ -13,7 +13,7 @@ import torch
 
 from . import lrp
 from .lrp import working
-from .capture import Recorder
+from .capture import ModuleCall, Recorder
 from .spec import LayerSpec, ModelSpec
 
 
@@ -62,17 +62,26 @@ def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
+def _linear_relevance(linear: torch.nn.Linear, call: ModuleCall, relevance: torch.Tensor) -> torch.Tensor:
+    """The alpha1-beta0 relevance of a recorded Linear call's input. Its output less the bias is the rule's x W^T
+    (one product fewer), unless the model computed it in a lower precision than the rules run in (bfloat16,
+    float16: the rule's z, a difference, would inherit its rounding) or changed it in place after the call."""
+    output, version = call.output, call.output_version
+    usable = version is not None and output.dtype == working(output).dtype and output._version == version
+    product = None if not usable else output if linear.bias is None else output - linear.bias
+    return lrp.linear_alpha1_beta0(working(call.input), working(linear.weight), relevance, product)
+
+
 def _projection_relevance(spec: LayerSpec, rec: Recorder, r_q, r_k, r_v) -> torch.Tensor:
     """Relevance of the attention input, through the Q, K, V projections (fused or separate)."""
     c = spec.call
     if spec.qkv is not None:
         call = rec.call(spec.qkv, c)
         r_qkv = torch.cat([_merge_heads(r) for r in (r_q, r_k, r_v)], dim=-1)
-        return lrp.linear_alpha1_beta0(working(call.input), working(spec.qkv.weight), r_qkv)
+        return _linear_relevance(spec.qkv, call, r_qkv)
     total = 0
     for linear, r in zip((spec.query, spec.key, spec.value), (r_q, r_k, r_v)):
-        total = total + lrp.linear_alpha1_beta0(working(rec.call(linear, c).input), working(linear.weight),
-                                                _merge_heads(r))
+        total = total + _linear_relevance(linear, rec.call(linear, c), _merge_heads(r))
     return total
 
 
@@ -105,12 +114,11 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
     mid = x + attn_out if spec.norm_first else fc1_in
 
     r_mid_skip, r_mlp = lrp.residual_add(mid, mlp_out, relevance)
-    r_hidden = lrp.linear_alpha1_beta0(working(rec.call(spec.fc2, c).input), working(spec.fc2.weight), r_mlp)
-    r_mid = r_mid_skip + lrp.linear_alpha1_beta0(fc1_in, working(spec.fc1.weight), r_hidden)
+    r_hidden = _linear_relevance(spec.fc2, rec.call(spec.fc2, c), r_mlp)
+    r_mid = r_mid_skip + _linear_relevance(spec.fc1, rec.call(spec.fc1, c), r_hidden)
 
     r_x_skip, r_attn = lrp.residual_add(x, attn_out, r_mid)
-    r_context = lrp.linear_alpha1_beta0(working(rec.call(spec.out_proj, c).input), working(spec.out_proj.weight),
-                                        r_attn)
+    r_context = _linear_relevance(spec.out_proj, rec.call(spec.out_proj, c), r_attn)
     q, k, v = _qkv(spec, rec)
     r_probs, r_q, r_k, r_v = lrp.attention_core(q, k, v, probs, _split_heads(r_context, spec.num_heads))
     return r_x_skip + _projection_relevance(spec, rec, r_q, r_k, r_v), r_probs
@@ -129,7 +137,7 @@ def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor]
     spec.check_lrp()
     relevance = start.to(lrp.working_dtype(spec.head[-1].weight.dtype))
     for linear in reversed(spec.head):
-        relevance = lrp.linear_alpha1_beta0(working(rec.call(linear).input), working(linear.weight), relevance)
+        relevance = _linear_relevance(linear, rec.call(linear), relevance)
     tokens = readout.to(relevance.dtype)[:, :, None] * relevance[:, None, :]
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):
