@@ -12,7 +12,7 @@ import torch
 import references
 from conftest import CASE_NAMES
 from references import DTYPE, other_target, ref_partial_lrp, ref_transformer_attribution, reference_lrp
-from toolkit.core import lrp, propagation
+from toolkit.core import engine, lrp, propagation
 from toolkit.core.capture import Recorder
 
 TEXT_CASES = [n for n in CASE_NAMES if n not in ("hf_vit", "timm_vit")]
@@ -183,3 +183,21 @@ def test_linear_rule_reads_the_recorded_output_only_as_the_layer_left_it():
     call = rec.call(half)
     from_float32 = lrp.linear_alpha1_beta0(call.input.float(), half.weight.float(), relevance)
     torch.testing.assert_close(propagation._linear_relevance(half, call, relevance), from_float32)
+
+
+def test_lrp_pass_keeps_attention_relevance_only_for_methods_that_read_it(cases, monkeypatch):
+    """lrp reads the input's relevance only: its pass drops each attention map's (B, H, N, N) relevance once past
+    the layer (a lower peak); transformer_attribution and partial_lrp keep the maps they read."""
+    kept = {}
+
+    def spy(*args, **kwargs):
+        first, maps = propagation.lrp_through_layers(*args, **kwargs)
+        kept[method] = maps
+        return first, maps
+
+    monkeypatch.setattr(engine, "lrp_through_layers", spy)
+    for method in ("lrp", "transformer_attribution", "partial_lrp"):
+        explain_all(cases["bert"], method, None)
+    assert all(relevance is None for relevance in kept["lrp"])
+    assert all(relevance is not None for relevance in kept["transformer_attribution"])
+    assert kept["partial_lrp"][-1] is not None

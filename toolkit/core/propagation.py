@@ -126,13 +126,14 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
 
 @torch.no_grad()
 def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], start: torch.Tensor,
-                       readout: torch.Tensor, lowest_layer: int = 0):
+                       readout: torch.Tensor, lowest_layer: int = 0, keep_attention: bool = True):
     """Run LRP from ``start``, the relevance at the output of the spec's last head module (B, D) (a one-hot target
     logit for a classifier), through the head to the token rows it reads (``readout`` (B, N) weights), then down
     to the input of layer ``lowest_layer``.
 
     Returns (relevance of that layer's input (B, N, D), relevance of each attention map, None
-    below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones.
+    below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones. Without
+    ``keep_attention`` every map's relevance is None: each is dropped once its layer is passed (lower peak memory).
     """
     spec.check_lrp()
     relevance = start.to(lrp.working_dtype(spec.head[-1].weight.dtype))
@@ -142,6 +143,8 @@ def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor]
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):
         tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index])
+        if not keep_attention:
+            attention_relevance[index] = None
     return tokens, attention_relevance
 
 

@@ -26,6 +26,7 @@ class Method:
     needs_gradients: ClassVar[bool] = False
     needs_lrp: ClassVar[bool] = False
     needs_input_relevance: ClassVar[bool] = False
+    needs_attention_relevance: ClassVar[bool] = True  # of an LRP pass: each attention map's relevance, kept
     # LRP rules applied as a modified backward pass (AttnLRP, CP-LRP): the trace then holds input x gradient
     rules: ClassVar[RuleSet | None] = None
     reruns_model: ClassVar[bool] = False  # runs the model itself through trace.rerun (integrated gradients)
