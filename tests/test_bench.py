@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from toolkit import ConfigError, list_methods
 from toolkit.bench import BenchSettings, format_table, run_bench
 from toolkit.bench.instances import build
-from toolkit.bench.measure import FLOOR, cpu_peak_bytes, floor_pass, interleaved, peak_in_fresh_process
+from toolkit.bench.measure import FLOOR, cpu_peak_bytes, floor_pass, interleaved, peak_in_fresh_process, timed
 from toolkit.cli import main
 
 CPU = torch.device("cpu")
@@ -53,7 +54,10 @@ def test_ratios_are_taken_against_the_floor_of_the_same_rounds(report):
             t / f for t, f in zip(row.seconds, floor.seconds)))
         assert row.seconds_median == pytest.approx(statistics.median(row.seconds))
         assert row.explanations_per_second == pytest.approx(row.batch / row.seconds_median)
-    assert all(r.ratio_to_floor == 1.0 for r in report.rows if r.method == FLOOR)
+        assert len(row.cpu_seconds) == 2 and all(t > 0 for t in row.cpu_seconds)  # process CPU time, same rounds
+        assert row.cpu_ratio_to_floor == pytest.approx(statistics.median(
+            t / f for t, f in zip(row.cpu_seconds, floor.cpu_seconds)))
+    assert all(r.ratio_to_floor == r.cpu_ratio_to_floor == 1.0 for r in report.rows if r.method == FLOOR)
 
 
 def test_json_and_table_carry_the_figures(report):
@@ -62,7 +66,7 @@ def test_json_and_table_carry_the_figures(report):
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["threads"] == 1
     assert saved["settings"]["batch_sizes"] == [1, 2]
     fields = {"model", "batch", "method", "status", "reason", "seconds", "seconds_median", "explanations_per_second",
-              "ratio_to_floor", "peak_bytes", "memory_ratio_to_floor"}
+              "ratio_to_floor", "cpu_seconds", "cpu_ratio_to_floor", "peak_bytes", "memory_ratio_to_floor"}
     assert all(set(row) == fields for row in saved["rows"])
     assert len(saved["rows"]) == len(report.rows)
     evaluation = saved["evaluation"]
@@ -93,7 +97,15 @@ def test_interleaving_times_the_reference_first_in_every_round_and_turns_the_oth
     times = interleaved(runs, 3, CPU)
     assert calls[:4] == ["floor", "a", "b", "c"]  # warm-up
     assert calls[4:] == ["floor", "a", "b", "c", "floor", "b", "c", "a", "floor", "c", "a", "b"]
-    assert all(len(t) == 3 for t in times.values())
+    assert all(len(t) == 3 for t in times.wall.values()) and all(len(t) == 3 for t in times.cpu.values())
+
+
+def test_cpu_time_leaves_out_waiting():
+    """The CPU clock counts this process's work, not the time it waits (on a shared machine: for a core)."""
+    wall, cpu = timed(lambda: time.sleep(0.3), CPU)
+    assert wall >= 0.3 and cpu < 0.1
+    wall, cpu = timed(lambda: torch.ones(2**22).cumsum(0), CPU)
+    assert cpu > 0
 
 
 def test_peak_memory_sees_an_allocation_and_a_fresh_process_measures_one_call():

@@ -13,6 +13,8 @@ import references
 from conftest import CASE_NAMES, make_zero_shot
 from references import (CVPR2021, DTYPE, PLAIN, other_target, ref_partial_lrp, ref_transformer_attribution,
                         reference_lrp)
+from toolkit.core import engine, lrp, propagation
+from toolkit.core.capture import Recorder
 
 TEXT_CASES = [n for n in CASE_NAMES if n not in ("hf_vit", "timm_vit")]
 IMAGE_CASES = ["hf_vit", "timm_vit"]
@@ -185,3 +187,84 @@ def test_zero_shot_lrp_methods_conserve_and_batch(zero_shot, wordpiece, method):
                 logit = float(zero_shot.model(**encoded).logits[0, exp.target])
             assert float(exp.scores.sum()) == pytest.approx(logit, rel=1e-5)
         assert float(abs(exp.scores).sum()) > 0
+
+
+# --- the linear rule's closed form (three products from the recorded output) ---------------------------------
+def _linear_case(kind: str, dtype=DTYPE):
+    """x (B, N, D_in), W (D_out, D_in), bias, relevance (B, N, D_out): dense; ReLU inputs with outputs that have no
+    positive contribution (z = 0) or only tiny ones (|x| |W| / z ~ 1e5: the difference x W + |x| |W| is all
+    rounding there); relevance in one row per sample only (a classifier's read-out above the last attention)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 48, generator=g, dtype=DTYPE)
+    w = torch.randn(40, 48, generator=g, dtype=DTYPE) * 0.1
+    bias = torch.randn(40, generator=g, dtype=DTYPE)
+    relevance = torch.randn(3, 7, 40, generator=g, dtype=DTYPE)
+    if kind == "degenerate":
+        x = x.relu()
+        w[:8] = -w[:8].abs()
+        w[8:16] = -w[8:16].abs()
+        w[8:16, :2] = w[8:16, :2].abs() * 1e-4
+    if kind == "one row":
+        relevance[:, 1:] = 0
+        relevance[1, 0, 0] = 0  # a row read in full: its first value says nothing
+    return x.to(dtype), w.to(dtype), bias.to(dtype), relevance.to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["dense", "degenerate", "one row"])
+def test_linear_rule_matches_reference(kind):
+    """z = (x W^T + |x| |W|^T) / 2 and R_in = (x (s W) + |x| (s |W|)) / 2 give the sign-split rule of the reference,
+    from x W^T computed or from the layer's output less its bias, in float64; in float32 too where z is all
+    rounding (those outputs take the split sums)."""
+    x, w, bias, relevance = _linear_case(kind)
+    expected = references.rel_linear(x, w, relevance)
+    output = torch.nn.functional.linear(x, w, bias)
+    for product in (None, output - bias):
+        torch.testing.assert_close(lrp.linear_alpha1_beta0(x, w, relevance, product), expected, rtol=1e-9, atol=1e-12)
+    x32, w32, b32, r32 = (t.float() for t in (x, w, bias, relevance))
+    single = lrp.linear_alpha1_beta0(x32, w32, r32, torch.nn.functional.linear(x32, w32, b32) - b32)
+    torch.testing.assert_close(single.double(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_linear_rule_reads_the_recorded_output_only_as_the_layer_left_it():
+    """The output less the bias stands for x W^T only while it is the layer's: not after an in-place change, and not
+    from a bfloat16 layer (its rounding would enter z); then the rule computes x W^T itself."""
+    x, w, bias, relevance = _linear_case("dense", torch.float32)
+    expected = references.rel_linear(x.double(), w.double(), relevance.double())
+    layer = torch.nn.Linear(48, 40)
+    with torch.no_grad():
+        layer.weight.copy_(w), layer.bias.copy_(bias)
+    with Recorder() as rec:
+        rec.record(layer)
+        with torch.no_grad():
+            layer(x).mul_(3)  # a model that scales the output in place after the layer
+    changed = propagation._linear_relevance(layer, rec.call(layer), relevance, lrp.CVPR2021_RULES)
+    torch.testing.assert_close(changed.double(), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+    half = torch.nn.Linear(48, 40).to(torch.bfloat16)
+    with torch.no_grad():
+        half.weight.copy_(w), half.bias.copy_(bias)
+    with Recorder() as rec:
+        rec.record(half)
+        with torch.no_grad():
+            half(x.to(torch.bfloat16))
+    call = rec.call(half)
+    from_float32 = lrp.linear_alpha1_beta0(call.input.float(), half.weight.float(), relevance)
+    torch.testing.assert_close(propagation._linear_relevance(half, call, relevance, lrp.CVPR2021_RULES), from_float32)
+
+
+def test_lrp_pass_keeps_attention_relevance_only_for_methods_that_read_it(cases, monkeypatch):
+    """lrp reads the input's relevance only: its pass drops each attention map's (B, H, N, N) relevance once past
+    the layer (a lower peak); transformer_attribution and partial_lrp keep the maps they read."""
+    kept = {}
+
+    def spy(*args, **kwargs):
+        first, maps = propagation.lrp_through_layers(*args, **kwargs)
+        kept[method] = maps
+        return first, maps
+
+    monkeypatch.setattr(engine, "lrp_through_layers", spy)
+    for method in ("lrp", "transformer_attribution", "partial_lrp"):
+        explain_all(cases["bert"], method, None)
+    assert all(relevance is None for relevance in kept["lrp"])
+    assert all(relevance is not None for relevance in kept["transformer_attribution"])
+    assert kept["partial_lrp"][-1] is not None

@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -55,26 +56,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(run: Callable[[], object], device: torch.device) -> float:
+@dataclass
+class Timings:
+    """Seconds per round of each run: ``wall`` clock, and ``cpu``, this process's CPU time, which other work on a
+    shared machine moves far less (with one thread it is the wall time of a machine to itself; on CUDA it leaves the
+    device's work out and is not reported)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
+def timed(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``run()``."""
     synchronize(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     run()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Timings:
     """Seconds per run of each of ``runs`` (the first is the reference, timed at the start of every round), after a
     warm-up call of each; the order of the others turns from round to round."""
     names = list(runs)
     reference, others = names[0], names[1:]
     for run in runs.values():
         run()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times = Timings({name: [] for name in names}, {name: [] for name in names})
     for round_index in range(repeats):
         shift = round_index % max(1, len(others))
         for name in [reference] + others[shift:] + others[:shift]:
-            times[name].append(timed(runs[name], device))
+            wall, cpu = timed(runs[name], device)
+            times.wall[name].append(wall)
+            times.cpu[name].append(cpu)
     return times
 
 

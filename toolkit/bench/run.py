@@ -96,6 +96,8 @@ class Row:
     seconds_median: float | None = None
     explanations_per_second: float | None = None
     ratio_to_floor: float | None = None
+    cpu_seconds: list[float] | None = None  # process CPU time per round (CPU runs): steadier on a shared machine
+    cpu_ratio_to_floor: float | None = None
     peak_bytes: int | None = None
     memory_ratio_to_floor: float | None = None
 
@@ -208,10 +210,13 @@ def measure_instance(instance: Instance, requested: list[str], settings: BenchSe
     runs.update({m: (lambda m=m: instance.explain(m)) for m in applicable})
     times = interleaved(runs, settings.repeats, device)
     for row in rows:
-        row.seconds = times[row.method]
+        row.seconds = times.wall[row.method]
         row.seconds_median = statistics.median(row.seconds)
         row.explanations_per_second = instance.batch / row.seconds_median
-        row.ratio_to_floor = median_ratio(row.seconds, times[FLOOR])
+        row.ratio_to_floor = median_ratio(row.seconds, times.wall[FLOOR])
+        if device.type == "cpu":
+            row.cpu_seconds = times.cpu[row.method]
+            row.cpu_ratio_to_floor = median_ratio(row.cpu_seconds, times.cpu[FLOOR])
     if settings.memory:
         for row in rows:
             row.peak_bytes = (cuda_peak_bytes(runs[row.method], device) if device.type == "cuda" else
@@ -232,7 +237,7 @@ def measure_evaluation(instance: Instance, repeats: int, device: torch.device) -
     example = instance.example
     runs = {"forward": lambda: predict(example[None]),
             "curve": lambda: perturbation_curve(predict, example, relevance, baseline=instance.baseline)}
-    times = interleaved(runs, repeats, device)
+    times = interleaved(runs, repeats, device).wall
     steps = len(DEFAULT_STEPS)
     return EvaluationRow(instance.name, steps, statistics.median(times["curve"]), statistics.median(times["forward"]),
                          median_ratio(times["curve"], times["forward"]) / steps)
@@ -246,14 +251,15 @@ def _mib(value: int | None) -> str:
 def format_row(row: Row) -> str:
     if row.status != "measured":
         return f"{row.model:14s} {row.batch:>5d} {row.method:24s} {row.status}: {row.reason}"
+    cpu = "" if row.cpu_ratio_to_floor is None else f"{row.cpu_ratio_to_floor:.2f}"
     memory = "" if row.peak_bytes is None else f" {_mib(row.peak_bytes):>8s} {row.memory_ratio_to_floor:>7.2f}"
     return (f"{row.model:14s} {row.batch:>5d} {row.method:24s} {row.seconds_median:>9.3f} "
-            f"{row.explanations_per_second:>9.2f} {row.ratio_to_floor:>7.2f}{memory}")
+            f"{row.explanations_per_second:>9.2f} {row.ratio_to_floor:>7.2f} {cpu:>7s}{memory}")
 
 
 def format_table(report: BenchReport) -> str:
     header = (f"{'model':14s} {'batch':>5s} {'method':24s} {'seconds':>9s} {'expl/s':>9s} {'x floor':>7s} "
-              f"{'peak MiB':>8s} {'x floor':>7s}")
+              f"{'cpu x':>7s} {'peak MiB':>8s} {'x floor':>7s}")
     lines = [f"Machine: {report.machine['processor']} ({report.machine['cpu_count']} cores, "
              f"{report.machine['threads']} threads)" + (f", {report.machine['gpu']}" if "gpu" in report.machine
                                                         else "") + f"; torch {report.machine['torch']}; "

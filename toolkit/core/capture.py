@@ -44,10 +44,13 @@ def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 @dataclass
 class ModuleCall:
-    """One call of a module: its main input and output tensors (detached)."""
+    """One call of a module: its main input and output tensors (detached); ``output_version`` the output's version
+    counter at the call (a later in-place change of the output moves it; None for inference-mode tensors, which
+    keep no counter)."""
 
     input: torch.Tensor | None
     output: torch.Tensor | None
+    output_version: int | None = None
 
 
 @dataclass
@@ -85,8 +88,10 @@ class Recorder:
         def hook(mod, args, kwargs, output):
             out = output[0] if isinstance(output, (tuple, list)) else output
             inp = first_tensor(args, kwargs)
+            kept = out.detach() if torch.is_tensor(out) else None
             self.calls[id(mod)].append(
-                ModuleCall(None if inp is None else inp.detach(), out.detach() if torch.is_tensor(out) else None)
+                ModuleCall(None if inp is None else inp.detach(), kept,
+                           None if kept is None or kept.is_inference() else kept._version)
             )
 
         self._handles.append(module.register_forward_hook(hook, with_kwargs=True))

@@ -173,7 +173,7 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
             indices = [i for i, site in enumerate(sites) if site.query == name and site.is_self]
             first, result.attention_relevance[name] = lrp_through_layers(
                 streams[name], rec, [working(result.probs[i]) for i in indices], start.relevance, start.readout,
-                start.lowest, method.propagation_rules)
+                start.lowest, method.propagation_rules, keep_attention=method.needs_attention_relevance)
             result.first_layer[name], result.input_relevance[name] = first, first.sum(-1)
     return result
 

@@ -14,7 +14,7 @@ import torch
 
 from . import lrp
 from .lrp import working
-from .capture import Recorder
+from .capture import ModuleCall, Recorder
 from .spec import LayerSpec, ModelSpec
 
 
@@ -63,6 +63,17 @@ def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).reshape(b, n, h * d)
 
 
+def _linear_relevance(linear: torch.nn.Linear, call: ModuleCall, relevance: torch.Tensor,
+                      rules: lrp.PropagationRules) -> torch.Tensor:
+    """The rules' relevance of a recorded Linear call's input. Its output less the bias is the rule's x W^T
+    (one product fewer), unless the model computed it in a lower precision than the rules run in (bfloat16,
+    float16: the rule's z, a difference, would inherit its rounding) or changed it in place after the call."""
+    output, version = call.output, call.output_version
+    usable = version is not None and output.dtype == working(output).dtype and output._version == version
+    product = None if not usable else output if linear.bias is None else output - linear.bias
+    return rules.linear(working(call.input), working(linear.weight), relevance, product)
+
+
 def _projection_relevance(spec: LayerSpec, rec: Recorder, rules: lrp.PropagationRules, r_q, r_k, r_v
                           ) -> torch.Tensor:
     """Relevance of the attention input, through the Q, K, V projections (fused or separate)."""
@@ -70,10 +81,10 @@ def _projection_relevance(spec: LayerSpec, rec: Recorder, rules: lrp.Propagation
     if spec.qkv is not None:
         call = rec.call(spec.qkv, c)
         r_qkv = torch.cat([_merge_heads(r) for r in (r_q, r_k, r_v)], dim=-1)
-        return rules.linear(working(call.input), working(spec.qkv.weight), r_qkv)
+        return _linear_relevance(spec.qkv, call, r_qkv, rules)
     total = 0
     for linear, r in zip((spec.query, spec.key, spec.value), (r_q, r_k, r_v)):
-        total = total + rules.linear(working(rec.call(linear, c).input), working(linear.weight), _merge_heads(r))
+        total = total + _linear_relevance(linear, rec.call(linear, c), _merge_heads(r), rules)
     return total
 
 
@@ -107,11 +118,11 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
     mid = x + attn_out if spec.norm_first else fc1_in
 
     r_mid_skip, r_mlp = rules.residual(mid, mlp_out, relevance)
-    r_hidden = rules.linear(working(rec.call(spec.fc2, c).input), working(spec.fc2.weight), r_mlp)
-    r_mid = r_mid_skip + rules.linear(fc1_in, working(spec.fc1.weight), r_hidden)
+    r_hidden = _linear_relevance(spec.fc2, rec.call(spec.fc2, c), r_mlp, rules)
+    r_mid = r_mid_skip + _linear_relevance(spec.fc1, rec.call(spec.fc1, c), r_hidden, rules)
 
     r_x_skip, r_attn = rules.residual(x, attn_out, r_mid)
-    r_context = rules.linear(working(rec.call(spec.out_proj, c).input), working(spec.out_proj.weight), r_attn)
+    r_context = _linear_relevance(spec.out_proj, rec.call(spec.out_proj, c), r_attn, rules)
     q, k, v = _qkv(spec, rec)
     r_probs, r_q, r_k, r_v = lrp.attention_core(q, k, v, probs, _split_heads(r_context, spec.num_heads))
     return r_x_skip + _projection_relevance(spec, rec, rules, r_q, r_k, r_v), r_probs
@@ -120,14 +131,15 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
 @torch.no_grad()
 def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], start: torch.Tensor,
                        readout: torch.Tensor, lowest_layer: int = 0,
-                       rules: lrp.PropagationRules = lrp.CVPR2021_RULES):
+                       rules: lrp.PropagationRules = lrp.CVPR2021_RULES, keep_attention: bool = True):
     """Run LRP from ``start``, the relevance at the output of the spec's last head module (B, D) (a one-hot target
     logit for a classifier), through the head to the token rows it reads (``readout`` (B, N) weights), then down
     to the input of layer ``lowest_layer``. With ``readout`` None, ``start`` is the relevance of the last layer's
     output tokens (B, N, D) already (a head without Linear layers: ``ModelSpec.token_start``).
 
     Returns (relevance of that layer's input (B, N, D), relevance of each attention map, None
-    below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones.
+    below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones. Without
+    ``keep_attention`` every map's relevance is None: each is dropped once its layer is passed (lower peak memory).
     """
     spec.check_lrp()
     if readout is None:
@@ -135,11 +147,13 @@ def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor]
     else:
         relevance = start.to(lrp.working_dtype(spec.head[-1].weight.dtype))
         for linear in reversed(spec.head):
-            relevance = rules.linear(working(rec.call(linear).input), working(linear.weight), relevance)
+            relevance = _linear_relevance(linear, rec.call(linear), relevance, rules)
         tokens = readout.to(relevance.dtype)[:, :, None] * relevance[:, None, :]
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):
         tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index], rules)
+        if not keep_attention:
+            attention_relevance[index] = None
     return tokens, attention_relevance
 
 

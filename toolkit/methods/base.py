@@ -27,6 +27,7 @@ class Method:
     needs_gradients: ClassVar[bool] = False
     needs_lrp: ClassVar[bool] = False
     needs_input_relevance: ClassVar[bool] = False
+    needs_attention_relevance: ClassVar[bool] = True  # of an LRP pass: each attention map's relevance, kept
     # The rules of the LRP pass (needs_lrp): the CVPR 2021 paper's own, or the plain ones of its baselines
     propagation_rules: ClassVar[PropagationRules] = CVPR2021_RULES
     # LRP rules applied as a modified backward pass (AttnLRP, CP-LRP): the trace then holds input x gradient

@@ -14,6 +14,7 @@ class LRP(Method):
                "down to the input: per token, or per pixel for images.")
     needs_lrp = True
     needs_input_relevance = True
+    needs_attention_relevance = False  # reads the input's only: the pass keeps no (B, H, N, N) per layer
 
     def attribute(self, trace: Trace) -> torch.Tensor:
         return trace.input_relevance
