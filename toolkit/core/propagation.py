@@ -69,7 +69,7 @@ def _linear_relevance(linear: torch.nn.Linear, call: ModuleCall, relevance: torc
     (one product fewer), unless the model computed it in a lower precision than the rules run in (bfloat16,
     float16: the rule's z, a difference, would inherit its rounding) or changed it in place after the call."""
     output, version = call.output, call.output_version
-    usable = version is not None and output.dtype == working(output).dtype and output._version == version
+    usable = version is not None and output.dtype == lrp.working_dtype(output.dtype) and output._version == version
     product = None if not usable else output if linear.bias is None else output - linear.bias
     return rules.linear(working(call.input), working(linear.weight), relevance, product)
 
