@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from references import patch_sums, rules_at_pixels_by_autograd
-from toolkit import Explainer, InputError, UnsupportedModelError
+from toolkit import Explainer, InputError
 
 TEXTS = ["a dog", "a cat sitting on a warm mat", "red"]
 

@@ -195,7 +195,7 @@ def test_cli_checks_the_output_folder_before_loading_anything(tmp_path, capsys, 
     for out, message in ((a_file, "is a file, not a folder"), (a_file / "inside", "cannot create the folder")):
         assert main(["explain", "--text", "hi", "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: --out: ") and message in err and "Traceback" not in err
+        assert err.startswith("error: --out: ") and message in err and "Traceback" not in err
 
 
 def test_benchmark_checks_its_folder_and_seed_before_computing(tmp_path, capsys, monkeypatch):
