@@ -71,6 +71,7 @@ class Recorder:
     graph_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # module id -> its first input in the graph
     _handles: list = field(default_factory=list)
     _watched: set = field(default_factory=set)
+    _lifted: list = field(default_factory=list)  # tensors made to require grad by start_graph_at
 
     def _first_time(self, module: nn.Module, role: str) -> bool:
         """Shared modules (ALBERT) appear in several layers but must be hooked once."""
@@ -115,10 +116,20 @@ class Recorder:
     def start_graph_at(self, module: nn.Module) -> None:
         """Make ``module``'s input a leaf that requires grad, so attention gradients exist even for
         frozen models, and the backward pass stops there instead of reaching the embeddings. The input of its
-        first call (that leaf, or the tensor already in the graph) is kept in ``graph_inputs``."""
+        first call (that leaf, or the tensor already in the graph) is kept in ``graph_inputs``.
+
+        The tensor itself is made to require grad (undone on release), so that its other readers, residual paths
+        that bypass ``module`` (XLM's layers), are in the graph too; an inference tensor or a parameter is replaced
+        by a leaf."""
 
         def start(mod, value: torch.Tensor) -> torch.Tensor | None:
-            started = value if value.requires_grad else value.detach().requires_grad_()
+            if value.requires_grad:
+                started = value
+            elif value.is_inference() or isinstance(value, nn.Parameter):
+                started = value.detach().requires_grad_()
+            else:
+                started = value.requires_grad_()
+                self._lifted.append(value)
             self.graph_inputs.setdefault(id(mod), started)
             return None if started is value else started
 
@@ -137,6 +148,9 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for value in self._lifted:
+            value.requires_grad_(False)
+        self._lifted.clear()
 
     def __enter__(self) -> "Recorder":
         return self

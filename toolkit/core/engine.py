@@ -125,9 +125,8 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     ``inputs``: per stream, modules before its first layer where the rules' graph starts too (the pixels' patch
     embedding); ``rerun(R)``: the task's outputs (R*B, C) for its inputs repeated R times, which the path methods
     run again with other inputs of a stream's first layer; ``cross``: the projections of cross-attention (one
-    stack per stream that attends to another), where the LRP rules apply too. Hooks are released and the attention implementation restored on exit, also when something raised. For attention gradients
-    where the graph starts at declared layers, the parameters do not require gradients during the pass (restored
-    after).
+    stack per stream that attends to another), where the LRP rules apply too. Hooks are released and the attention implementation restored on exit, also when something raised. Where the graph starts at declared
+    layers, the parameters do not require gradients during the pass (restored after).
     """
     streams, tokens = streams or {}, tokens or {}
     lrp_streams = streams if lrp is not None else {}
@@ -135,10 +134,9 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
               else [spec.layers[0].block] for name, spec in streams.items()}
     rules = (method.rules.applied(model, *streams.values(), *cross) if method.rules is not None
              else contextlib.nullcontext())
-    # Frozen parameters start the graph at the declared first layers' inputs. Attention gradients need no more; the
-    # LRP rules read input x gradient, which must also reach residual paths that bypass a declared layer (XLM).
-    frozen = (frozen_parameters(model) if method.needs_gradients and method.rules is None
-              and _graph_starts(sites, streams) else contextlib.nullcontext())
+    # Frozen parameters start the graph at the declared first layers' inputs, which is all a backward pass reads.
+    frozen = (frozen_parameters(model) if takes_backward(method) and _graph_starts(sites, streams)
+              else contextlib.nullcontext())
     with explicit_attention(model), Recorder(keep_gradients=method.needs_gradients) as rec, rules, frozen:
         for site in sites:
             rec.record_attention(site.module, site.extract)
