@@ -252,19 +252,40 @@ def test_linear_rule_reads_the_recorded_output_only_as_the_layer_left_it():
     torch.testing.assert_close(propagation._linear_relevance(half, call, relevance, lrp.CVPR2021_RULES), from_float32)
 
 
-def test_lrp_pass_keeps_attention_relevance_only_for_methods_that_read_it(cases, monkeypatch):
+def test_lrp_pass_keeps_of_attention_relevance_only_what_a_method_reads(cases, monkeypatch):
     """lrp reads the input's relevance only: its pass drops each attention map's (B, H, N, N) relevance once past
-    the layer (a lower peak); transformer_attribution and partial_lrp keep the maps they read."""
+    the layer (a lower peak); transformer_attribution keeps each layer's gradient-weighted head mean (B, N, N),
+    partial_lrp the last layer's head mean; and what the Recorder kept for the pass is let go layer by layer."""
     kept = {}
 
-    def spy(*args, **kwargs):
-        first, maps = propagation.lrp_through_layers(*args, **kwargs)
+    def spy(spec, rec, *args, **kwargs):
+        first, maps = propagation.lrp_through_layers(spec, rec, *args, **kwargs)
         kept[method] = maps
+        passed = [layer for layer, relevance in zip(spec.layers, maps) if relevance is not None] or spec.layers
+        assert all(rec.call(layer.fc2, layer.call).output is None for layer in passed)
+        assert all(rec.call(layer.block, layer.call).input is not None for layer in spec.layers)
         return first, maps
 
     monkeypatch.setattr(engine, "lrp_through_layers", spy)
     for method in ("lrp", "transformer_attribution", "partial_lrp"):
         explain_all(cases["bert"], method, None)
     assert all(relevance is None for relevance in kept["lrp"])
-    assert all(relevance is not None for relevance in kept["transformer_attribution"])
-    assert kept["partial_lrp"][-1] is not None
+    assert all(relevance.dim() == 3 for relevance in kept["transformer_attribution"])
+    assert kept["partial_lrp"][-1].dim() == 3 and all(relevance is None for relevance in kept["partial_lrp"][:-1])
+
+
+@pytest.mark.parametrize("activation, recomputed", [(torch.nn.GELU(), True), (torch.nn.ReLU(), False)])
+def test_recorder_keeps_a_recipe_for_an_input_it_reproduces_exactly(activation, recomputed):
+    """An MLP's fc2 reads GELU(fc1's output): declared so, its call keeps no input tensor and recomputes it, equal
+    to the bit; a declared function that does not reproduce the input (ReLU here) keeps the tensor."""
+    torch.manual_seed(0)
+    fc1, fc2 = torch.nn.Linear(6, 16), torch.nn.Linear(16, 6)
+    with Recorder() as rec:
+        rec.record(fc2, input_from=(fc1, activation))
+        rec.record(fc1)
+        with torch.no_grad():
+            hidden = torch.nn.functional.gelu(fc1(torch.randn(2, 5, 6)))
+            fc2(hidden)
+    call = rec.call(fc2)
+    assert (call.kept_input is None) == recomputed
+    assert torch.equal(call.input, hidden)

@@ -142,8 +142,7 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
             rec.record_attention(site.module, site.extract)
         for spec in lrp_streams.values():
             for layer in spec.layers:
-                for module in layer.recorded_modules():
-                    rec.record(module)
+                layer.record(rec)
             for module in spec.head:
                 rec.record(module)
         for module in record:
@@ -169,9 +168,11 @@ def run_pass(model: nn.Module, sites: list[Site], forward: Callable[[], tuple[An
     if lrp is not None:
         for name, start in lrp(result).items():
             indices = [i for i, site in enumerate(sites) if site.query == name and site.is_self]
+            grads = [None] * len(indices) if result.grads is None else [result.grads[i] for i in indices]
             first, result.attention_relevance[name] = lrp_through_layers(
                 streams[name], rec, [working(result.probs[i]) for i in indices], start.relevance, start.readout,
-                start.lowest, method.propagation_rules, keep_attention=method.needs_attention_relevance)
+                start.lowest, method.propagation_rules,
+                keep=lambda layer, relevance: method.kept_attention_relevance(relevance, grads[layer]))
             result.first_layer[name], result.input_relevance[name] = first, first.sum(-1)
     return result
 

@@ -10,6 +10,8 @@ every attention map.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from . import lrp
@@ -131,15 +133,17 @@ def lrp_through_layer(spec: LayerSpec, rec: Recorder, relevance: torch.Tensor, p
 @torch.no_grad()
 def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor], start: torch.Tensor,
                        readout: torch.Tensor, lowest_layer: int = 0,
-                       rules: lrp.PropagationRules = lrp.CVPR2021_RULES, keep_attention: bool = True):
+                       rules: lrp.PropagationRules = lrp.CVPR2021_RULES,
+                       keep: Callable[[int, torch.Tensor], torch.Tensor | None] = lambda index, relevance: relevance):
     """Run LRP from ``start``, the relevance at the output of the spec's last head module (B, D) (a one-hot target
     logit for a classifier), through the head to the token rows it reads (``readout`` (B, N) weights), then down
     to the input of layer ``lowest_layer``. With ``readout`` None, ``start`` is the relevance of the last layer's
     output tokens (B, N, D) already (a head without Linear layers: ``ModelSpec.token_start``).
 
-    Returns (relevance of that layer's input (B, N, D), relevance of each attention map, None
-    below ``lowest_layer``): methods that read only upper layers do not pay for the lower ones. Without
-    ``keep_attention`` every map's relevance is None: each is dropped once its layer is passed (lower peak memory).
+    Returns (relevance of that layer's input (B, N, D), ``keep(layer, relevance)`` of each attention map's
+    relevance (B, H, N, N), None below ``lowest_layer``): methods that read only upper layers do not pay for the
+    lower ones, and what a method does not read of a map is let go as soon as the pass is below it.
+    What the Recorder kept of a layer for the pass is let go once the pass is below it (the block's call stays).
     """
     spec.check_lrp()
     if readout is None:
@@ -151,9 +155,10 @@ def lrp_through_layers(spec: ModelSpec, rec: Recorder, probs: list[torch.Tensor]
         tokens = readout.to(relevance.dtype)[:, :, None] * relevance[:, None, :]
     attention_relevance: list[torch.Tensor] = [None] * len(spec.layers)
     for index in reversed(range(lowest_layer, len(spec.layers))):
-        tokens, attention_relevance[index] = lrp_through_layer(spec.layers[index], rec, tokens, probs[index], rules)
-        if not keep_attention:
-            attention_relevance[index] = None
+        tokens, relevance = lrp_through_layer(spec.layers[index], rec, tokens, probs[index], rules)
+        spec.layers[index].forget(rec)
+        attention_relevance[index] = keep(index, relevance)
+        del relevance
     return tokens, attention_relevance
 
 

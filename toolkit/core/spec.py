@@ -48,6 +48,7 @@ class LayerSpec:
     call: int = 0
     lrp_blocker: str | None = None  # why LRP cannot pass this layer, if it cannot
     gated_mlp: bool = False  # fc2 reads the product of two projections (GLU, SwiGLU)
+    activation: nn.Module | None = None  # fc2 reads activation(fc1's output): the LRP record recomputes fc2's input
 
     def __post_init__(self) -> None:
         self.attn_branch = self.attn_branch or self.out_proj
@@ -59,6 +60,20 @@ class LayerSpec:
     def recorded_modules(self) -> list[nn.Module]:
         """Modules whose calls the LRP pass reads."""
         return [self.block, self.out_proj, self.fc1, self.fc2, self.attn_branch, self.mlp_branch, *self.projections()]
+
+    def record(self, rec: Recorder) -> None:
+        """Record what the LRP pass reads of this layer; fc2's input as a recipe from fc1's output where the
+        declared activation reproduces it (the Recorder checks each call)."""
+        if self.activation is not None and not self.gated_mlp:
+            rec.record(self.fc2, input_from=(self.fc1, self.activation))
+        for module in self.recorded_modules():
+            rec.record(module)
+
+    def forget(self, rec: Recorder) -> None:
+        """Drop what :meth:`record` kept of this layer, but the block's own call (whose input the input's relevance
+        and the next layer down read): the LRP pass has passed the layer."""
+        for module in {id(m): m for m in self.recorded_modules() if m is not self.block}.values():
+            rec.forget(module, self.call)
 
 
 @dataclass

@@ -37,7 +37,7 @@ class Trace:
     token_mask: torch.Tensor
     content_mask: torch.Tensor
     grads: list[torch.Tensor] | None = None
-    attention_relevance: list[torch.Tensor] | None = None
+    attention_relevance: list[torch.Tensor] | None = None  # per layer, what Method.kept_attention_relevance kept
     input_relevance: torch.Tensor | None = None
     network: Network | None = None
     # (value, gradient) where the graph starts, outermost first: the pixels (images), then the first layer's input

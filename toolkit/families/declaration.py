@@ -55,6 +55,8 @@ KEYS = {
     "fc1": "first MLP layer (Linear)", "fc2": "second MLP layer (Linear)",
     "attn_branch": "module whose output the attention adds to the residual stream (default: out_proj)",
     "mlp_branch": "module whose output the MLP adds to the residual stream (default: fc2)",
+    "activation": "the MLP's activation module, which turns fc1's output into fc2's input (optional: the LRP pass "
+                  "then recomputes fc2's input instead of keeping it, where it checks out call by call)",
     "attn_scale": "layer-scale parameter multiplying the attention branch", "mlp_scale": "same for the MLP branch",
     "norm": "pre (LayerNorm before attention and MLP) or post (after each residual addition)",
     "head": "Linear layers from the read-out token to the logits, in order",
@@ -71,7 +73,7 @@ KEYS = {
 }
 RULE_SETS = ("cvpr2021", "attnlrp")  # the LRP rules of Chefer et al. (CVPR 2021), and AttnLRP / CP-LRP
 LINEAR_PARTS = ("query", "key", "value", "qkv", "out_proj", "fc1", "fc2")
-MODULE_PARTS = ("attn_branch", "mlp_branch")
+MODULE_PARTS = ("attn_branch", "mlp_branch", "activation")
 SCALE_PARTS = ("attn_scale", "mlp_scale")
 POOL_PARTS = ("module", "attention", "fc1", "fc2")
 MISSING = object()

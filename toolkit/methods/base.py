@@ -27,7 +27,6 @@ class Method:
     needs_gradients: ClassVar[bool] = False
     needs_lrp: ClassVar[bool] = False
     needs_input_relevance: ClassVar[bool] = False
-    needs_attention_relevance: ClassVar[bool] = True  # of an LRP pass: each attention map's relevance, kept
     # The rules of the LRP pass (needs_lrp): the CVPR 2021 paper's own, or the plain ones of its baselines
     propagation_rules: ClassVar[PropagationRules] = CVPR2021_RULES
     # LRP rules applied as a modified backward pass (AttnLRP, CP-LRP): the trace then holds input x gradient
@@ -95,6 +94,12 @@ class Method:
     def lowest_lrp_layer(self, num_layers: int) -> int:
         """The lowest layer whose attention relevance this method reads (LRP stops there)."""
         return 0
+
+    def kept_attention_relevance(self, relevance: torch.Tensor, gradient: torch.Tensor | None) -> torch.Tensor | None:
+        """What an LRP pass keeps of one layer's attention-map relevance (B, H, N, N), given that map's gradient
+        (with ``needs_gradients``), for ``trace.attention_relevance``: all of it by default; a method that reads
+        less keeps less (None: nothing), which lowers the pass's peak memory."""
+        return relevance
 
     def attribute(self, trace: Trace) -> torch.Tensor:
         """Relevance per token (B, N), or per input pixel (B, H, W) for input-level methods."""

@@ -14,7 +14,8 @@ class LRP(Method):
                "down to the input: per token, or per pixel for images.")
     needs_lrp = True
     needs_input_relevance = True
-    needs_attention_relevance = False  # reads the input's only: the pass keeps no (B, H, N, N) per layer
 
+    def kept_attention_relevance(self, relevance: torch.Tensor, gradient: torch.Tensor | None) -> None:
+        return None  # reads the input's relevance only
     def attribute(self, trace: Trace) -> torch.Tensor:
         return trace.input_relevance

@@ -18,6 +18,9 @@ class PartialLRP(Method):
     def lowest_lrp_layer(self, num_layers: int) -> int:
         return num_layers - 1
 
+    def kept_attention_relevance(self, relevance: torch.Tensor, gradient: torch.Tensor | None) -> torch.Tensor:
+        return head_mean_positive(relevance)
+
     def attribute(self, trace: Trace) -> torch.Tensor:
-        relevance = head_mean_positive(trace.attention_relevance[-1])
+        relevance = trace.attention_relevance[-1]
         return torch.einsum("bi,bij->bj", trace.readout.to(relevance.dtype), relevance)

@@ -19,5 +19,8 @@ class TransformerAttribution(RowPropagation):
     def lowest_lrp_layer(self, num_layers: int) -> int:
         return self.resolved_start(num_layers)
 
+    def kept_attention_relevance(self, relevance: torch.Tensor, gradient: torch.Tensor | None) -> torch.Tensor:
+        return head_mean_positive(gradient.float() * relevance)  # (B, N, N): a head's share of the memory
+
     def layer_matrix(self, trace: Trace, layer: int) -> torch.Tensor:
-        return head_mean_positive(trace.grads[layer].float() * trace.attention_relevance[layer])
+        return trace.attention_relevance[layer]

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..devices import default_device
 from ..errors import ConfigError
 from ..explainer import Explainer
 from .config import ZERO_SHOT, RunConfig
@@ -16,7 +17,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def resolve_device(device: str) -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: {device!r} asked for, but this machine has no CUDA device; use auto or cpu")
     return torch.device(device)
