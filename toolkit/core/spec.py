@@ -64,7 +64,7 @@ class LayerSpec:
     def record(self, rec: Recorder) -> None:
         """Record what the LRP pass reads of this layer; fc2's input as a recipe from fc1's output where the
         declared activation reproduces it (the Recorder checks each call)."""
-        if self.activation is not None and not self.gated_mlp:
+        if self.activation is not None and self.fc1 is not None and not self.gated_mlp:
             rec.record(self.fc2, input_from=(self.fc1, self.activation))
         for module in self.recorded_modules():
             rec.record(module)
