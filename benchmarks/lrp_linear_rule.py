@@ -5,26 +5,25 @@
 
 ``time``: in one process, the floor (:func:`toolkit.bench.measure.floor_pass`) and each method with the linear
 rule as it was (the sign-split sums, four products: ``lrp._alpha1_beta0_split``) and as it is (three products from
-the recorded output), interleaved round by round (the floor first and last in each round, the others' order
-turning). Prints, per method, the median over rounds of its time over the same round's floor and of the new
-over the previous time, in wall-clock and in process CPU time (one thread: what other work on a shared machine
-moves least). ``deviation``: the methods' scores in float32 and float64 under both rules against the float64
+the recorded output), interleaved round by round as the bench times methods (``interleaved``: the floor first in
+each round, the others' order turning; the results in ``benchmarks/results`` were taken with the floor timed first
+and last in each round). Prints, per method, the median over rounds of its time over the same round's floor and
+of the new over the previous time, in wall-clock and in process CPU time (one thread: what other work on a shared
+machine moves least). ``deviation``: the methods' scores in float32 and float64 under both rules against the float64
 scores of the previous rule (max |difference| over max |score|, per sample). Prints figures only.
 """
 from __future__ import annotations
 
 import argparse
-import gc
+import functools
 import json
-import statistics
-import time
 import warnings
 
 import numpy as np
 import torch
 
 from toolkit.bench.instances import build
-from toolkit.bench.measure import floor_pass
+from toolkit.bench.measure import floor_pass, interleaved, median_ratio
 from toolkit.core import lrp, propagation
 from toolkit.core.lrp import working
 
@@ -50,38 +49,17 @@ def explain(instance, method: str, rule: str):
 
 
 def compare_times(instance, methods: list[str], rounds: int) -> dict:
-    keys = ["floor"] + [(m, rule) for m in methods for rule in RULES]
-    wall: dict = {key: [] for key in keys}
-    cpu: dict = {key: [] for key in keys}
-
-    def timed(key) -> tuple[float, float]:
-        gc.collect()
-        start_cpu, start = time.process_time(), time.perf_counter()
-        floor_pass(instance) if key == "floor" else explain(instance, *key)
-        return time.perf_counter() - start, time.process_time() - start_cpu
-
-    for key in keys:  # warm-up
-        timed(key)
-    for round_index in range(rounds):
-        others = keys[1:]
-        shift = (2 * round_index) % len(others)
-        order = others[shift:] + others[:shift]
-        first = timed("floor")
-        for key in order[::-1] if round_index % 2 else order:
-            w, c = timed(key)
-            wall[key].append(w), cpu[key].append(c)
-        last = timed("floor")
-        wall["floor"].append((first[0] + last[0]) / 2), cpu["floor"].append((first[1] + last[1]) / 2)
-        print(f"round {round_index}: floor {wall['floor'][-1]:.1f} s, " + ", ".join(
-            f"{m} {rule} {wall[(m, rule)][-1]:.1f} s" for m, rule in others), flush=True)
+    runs = {"floor": lambda: floor_pass(instance)}
+    runs.update({f"{m} {rule}": functools.partial(explain, instance, m, rule) for m in methods for rule in RULES})
+    times = interleaved(runs, rounds, torch.device("cpu"))
     summary = {}
-    for clock, table in (("wall", wall), ("cpu", cpu)):
+    for clock, table in (("wall", times.wall), ("cpu", times.cpu)):
         for m in methods:
-            previous, new = table[(m, "previous")], table[(m, "new")]
+            previous, new = table[f"{m} previous"], table[f"{m} new"]
             summary[f"{m} ({clock})"] = row = {
-                "previous_x_floor": statistics.median(p / f for p, f in zip(previous, table["floor"])),
-                "new_x_floor": statistics.median(n / f for n, f in zip(new, table["floor"])),
-                "new_over_previous": statistics.median(n / p for n, p in zip(new, previous)),
+                "previous_x_floor": median_ratio(previous, table["floor"]),
+                "new_x_floor": median_ratio(new, table["floor"]),
+                "new_over_previous": median_ratio(new, previous),
                 "seconds_floor": table["floor"], "seconds_previous": previous, "seconds_new": new}
             print(f"{m} ({clock} time): previous {row['previous_x_floor']:.2f}x the floor, new "
                   f"{row['new_x_floor']:.2f}x, new / previous {row['new_over_previous']:.2f} (medians of {rounds})")
